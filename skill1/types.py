@@ -1,0 +1,136 @@
+"""Data that crosses a boundary: Ray actor calls, the library schema, trajectories, training batches.
+
+Plain dataclasses so that they pickle cheaply through the Ray object store and read well in tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Stage(str, enum.Enum):
+    """Which part of the episode a generated segment belongs to; decides its credit."""
+
+    QUERY = "query"  # selection, part 1: the retrieval query
+    RERANK = "rerank"  # selection, part 2: the chosen candidate id
+    ACT = "act"  # utilization: one environment action
+    DISTILL = "distill"  # distillation: the new skill
+
+    @property
+    def is_selection(self) -> bool:
+        return self in (Stage.QUERY, Stage.RERANK)
+
+
+@dataclass
+class Skill:
+    """One row of the skill library (the schema of SKILL1.md)."""
+
+    id: str
+    scenario: str  # when the skill applies; this text is embedded
+    strategy: str  # what to do
+    utility: float = 0.0  # EMA of outcomes of episodes that used it
+    uses: int = 0
+    wins: int = 0
+    created_iteration: int = 0
+    source_task: str = ""
+    source_episode: str = ""
+    parent_ids: list[str] = field(default_factory=list)
+    status: str = "active"  # active | retired
+
+
+@dataclass
+class Candidate:
+    """A retrieved skill as the policy sees it, with the scores that ranked it."""
+
+    skill_id: str
+    scenario: str
+    strategy: str
+    utility: float
+    uses: int
+    similarity: float  # cosine(query, scenario)
+    score: float  # retrieval score (greedy or UCB), what ranked it
+
+
+@dataclass
+class SkillDraft:
+    """A skill as parsed from the policy's distillation output, before admission."""
+
+    scenario: str
+    strategy: str
+
+
+@dataclass
+class Task:
+    """One task instance; `payload` is environment-specific (a seed, a game path, a goal index)."""
+
+    task_id: str
+    env: str
+    family: str
+    description: str
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass
+class Segment:
+    """One generation of the policy: context tokens (mask 0) then generated tokens (mask 1)."""
+
+    stage: Stage
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # behaviour log-probs of response_ids, one per token
+    text: str  # decoded response
+    valid: bool = True  # did it parse into what the stage needs
+
+
+@dataclass
+class Episode:
+    """A finished select → utilize → distill episode, everything the learner and the library need."""
+
+    episode_id: str
+    group_id: str  # the G rollouts of one task share it
+    task: Task
+    segments: list[Segment]
+    candidates: list[Candidate]  # what retrieval offered (empty without a library)
+    chosen_skill_id: str | None
+    outcome: float  # task outcome r in [0, 1]
+    success: bool
+    num_steps: int
+    num_invalid_actions: int
+    draft: SkillDraft | None = None  # parsed distillation, if it parsed
+    draft_rejection: str | None = None  # why it did not, if it did not
+    query: str = ""
+    rerank_valid: bool | None = None  # None: no re-rank happened
+    library_version: int = 0
+    policy_version: int = 0
+    env_failed: bool = False  # environment broke: re-queue, do not score
+
+    def tokens_generated(self) -> int:
+        return sum(len(s.response_ids) for s in self.segments)
+
+
+@dataclass
+class TrainSample:
+    """One segment, ready for the learner: its tokens, which of them learn, and their advantage."""
+
+    input_ids: list[int]
+    prompt_len: int  # tokens [0, prompt_len) are context; the rest were generated
+    old_logprobs: list[float]  # behaviour log-probs of input_ids[prompt_len:]
+    advantage: float
+    stage: Stage
+    policy_version: int = 0
+
+
+@dataclass
+class WeightsPacket:
+    """All policy weights in one flat buffer: one object-store put and one call per sync."""
+
+    version: int
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    dtype: str
+    flat: object  # a 1-D torch tensor (CPU) holding every parameter back to back
+
+    @property
+    def num_bytes(self) -> int:
+        return self.flat.numel() * self.flat.element_size()
