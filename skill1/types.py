@@ -100,7 +100,7 @@ class Episode:
     draft: SkillDraft | None = None  # parsed distillation, if it parsed
     draft_rejection: str | None = None  # why it did not, if it did not
     query: str = ""
-    rerank_valid: bool | None = None  # None: no re-rank happened
+    parse_errors: dict[str, int] = field(default_factory=dict)  # "act/inadmissible" -> count
     library_version: int = 0
     policy_version: int = 0
     env_failed: bool = False  # environment broke: re-queue, do not score
@@ -129,8 +129,8 @@ class WeightsPacket:
     names: list[str]
     shapes: list[tuple[int, ...]]
     dtype: str
-    flat: object  # a 1-D torch tensor (CPU) holding every parameter back to back
+    flat: object  # 1-D numpy array holding every parameter back to back (bf16 viewed as int16)
 
     @property
     def num_bytes(self) -> int:
-        return self.flat.numel() * self.flat.element_size()
+        return int(self.flat.nbytes)

@@ -1,0 +1,82 @@
+"""Strict, total parsing of model output: every input maps to a defined outcome, nothing raises.
+
+Each parser returns the parsed value (or a fallback) and a reason string that is None when the output
+was valid; the reasons are counted in metrics.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from skill1.types import SkillDraft
+
+MAX_QUERY_CHARS = 300
+
+
+def _tagged(text: str, tag: str) -> list[str]:
+    return re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL)
+
+
+def normalise_action(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
+def parse_query(text: str, fallback: str) -> tuple[str, str | None]:
+    """`<query>q</query>` → q. Otherwise the raw task text is the query (recorded as invalid)."""
+    found = _tagged(text, "query")
+    if len(found) != 1:
+        return fallback, "missing_tag" if not found else "extra_tags"
+    query = " ".join(found[0].split())
+    if not query:
+        return fallback, "empty"
+    if len(query) > MAX_QUERY_CHARS:
+        return fallback, "too_long"
+    return query, None
+
+
+def parse_choice(text: str, num_candidates: int) -> tuple[int, str | None]:
+    """`<choice>N</choice>` (1-based) → index. Otherwise the top-scored candidate (index 0), invalid."""
+    found = _tagged(text, "choice")
+    if len(found) != 1:
+        return 0, "missing_tag" if not found else "extra_tags"
+    value = found[0].strip()
+    if not value.isdigit():
+        return 0, "not_a_number"
+    index = int(value) - 1
+    if not 0 <= index < num_candidates:
+        return 0, "unknown_id"
+    return index, None
+
+
+def parse_action(text: str, admissible: Sequence[str]) -> tuple[str | None, str | None]:
+    """verl-agent convention: `<think>…</think>` then exactly one `<action>a</action>`, a admissible."""
+    if "<think>" not in text or "</think>" not in text:
+        return None, "missing_think"
+    found = _tagged(text, "action")
+    if len(found) != 1:
+        return None, "missing_tag" if not found else "extra_tags"
+    action = normalise_action(found[0])
+    by_norm = {normalise_action(a): a for a in admissible}
+    if action not in by_norm:
+        return None, "inadmissible"
+    return by_norm[action], None
+
+
+def parse_skill(text: str, max_chars: int) -> tuple[SkillDraft | None, str | None]:
+    """Exactly one `<scenario>` and one `<strategy>`, both non-empty, within `max_chars` each."""
+    scenarios, strategies = _tagged(text, "scenario"), _tagged(text, "strategy")
+    if not scenarios:
+        return None, "missing_scenario"
+    if not strategies:
+        return None, "missing_strategy"
+    if len(scenarios) > 1 or len(strategies) > 1:
+        return None, "extra_tags"
+    scenario, strategy = " ".join(scenarios[0].split()), " ".join(strategies[0].split())
+    if not scenario:
+        return None, "empty_scenario"
+    if not strategy:
+        return None, "empty_strategy"
+    if len(scenario) > max_chars or len(strategy) > max_chars:
+        return None, "too_long"
+    return SkillDraft(scenario=scenario, strategy=strategy), None

@@ -1,0 +1,117 @@
+"""`skill1 train | eval | model init-tiny | library ls` — the command line, one function per command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from skill1.config import ConfigError, load_config
+
+
+def _train(args) -> None:
+    from skill1.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    tags = ", ".join(sorted(result.library_tags, key=result.library_tags.get))
+    print(f"\nRun finished: {result.run_dir}\n"
+          f"  policy checkpoint  {result.checkpoint}\n"
+          f"  skill library      {result.library_path}  (snapshots: {tags or 'none'})\n"
+          f"  metrics            {result.metrics_path}\n"
+          f"  wandb (offline)    {result.wandb_dir or 'disabled'}\n"
+          f"Evaluate it:  skill1 eval --run {result.run_dir}")
+
+
+def _run_config(run: str, overrides: list[str]):
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--run: {run} has no config.yaml (is it a run directory made by skill1 train?)")
+    return load_config(path, overrides)
+
+
+def _eval(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from skill1.evaluate import evaluate
+
+    report = evaluate(_run_config(args.run, args.overrides), args.checkpoint, args.library_tag)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"Evaluation: {report['episodes']} episodes, library version {report['library_version']}")
+    table.add_column("task family")
+    table.add_column("episodes", justify="right")
+    table.add_column("success", justify="right")
+    for fam, rate in report["success_by_family"].items():
+        table.add_row(fam, str(report["episodes_by_family"][fam]), f"{rate:.3f}")
+    table.add_row("all", str(report["episodes"]), f"{report['success']:.3f}", style="bold")
+    Console().print(table)
+    print(f"valid action rate {report['valid_action_rate']:.3f}; written to {Path(args.run) / 'eval.json'}")
+
+
+def _init_tiny(args) -> None:
+    from skill1.config import ModelConfig
+    from skill1.models.provision import ensure_policy
+
+    path = ensure_policy(ModelConfig(path=args.out, warm_start_steps=args.warm_start_steps), force=True)
+    print(f"tiny policy written to {path}")
+
+
+def _library_ls(args) -> None:
+    from skill1.library import Encoder, SkillLibrary
+
+    cfg = _run_config(args.run, [])
+    enc = Encoder(cfg.library.encoder)
+    lib = SkillLibrary.open(str(Path(args.run) / "library"), enc.name, enc.dim)
+    rows = [{"tag": t, "version": v, "active_skills": lib.checkout(v).size()}
+            for t, v in sorted(lib.tags().items(), key=lambda kv: kv[1])]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['tag']:>10}  version {r['version']:>4}  {r['active_skills']:>5} active skills")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skill1", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a policy (local Ray by default; RAY_ADDRESS to join a cluster)")
+    t.add_argument("--config", help="YAML config (e.g. pipelines/configs/quickstart.yaml)")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. learner.lr=1e-5")
+    t.set_defaults(fn=_train)
+    e = sub.add_parser("eval", help="evaluate a run's policy checkpoint and library on held-out tasks")
+    e.add_argument("--run", required=True, help="run directory (runs/<name>)")
+    e.add_argument("--checkpoint", help="policy dir (default: <run>/checkpoints/final)")
+    e.add_argument("--library-tag", help="library snapshot (default: the newest iter-k tag)")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. env.eval_tasks=60")
+    e.set_defaults(fn=_eval)
+    m = sub.add_parser("model", help="policy models").add_subparsers(dest="model_command", required=True)
+    mi = m.add_parser("init-tiny", help="create the tiny local Qwen2-architecture policy")
+    mi.add_argument("--out", default="runs/models/tiny-qwen2")
+    mi.add_argument("--warm-start-steps", type=int, default=100, help="SFT steps on expert demos (0: random)")
+    mi.set_defaults(fn=_init_tiny)
+    lib = sub.add_parser("library", help="inspect a run's skill library").add_subparsers(dest="lib_command",
+                                                                                         required=True)
+    ls = lib.add_parser("ls", help="snapshots (tags) with their sizes")
+    ls.add_argument("--run", required=True)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(fn=_library_ls)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""One typed config tree: YAML file + dotted `key=value` overrides (the form wandb sweeps pass).
+
+Sections mirror the YAML one-to-one. Everything is validated before any actor starts, and every
+problem is reported as one line naming the key (`ConfigError: learner.lr: must be > 0, got -1.0`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PRESETS = ("skill1", "no_selection_credit", "no_distillation_credit", "no_library", "grpo")
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line that names the key."""
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _one_of(value: Any, key: str, choices: tuple) -> None:
+    _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    path: str = "runs/models/tiny-qwen2"  # any HF causal-LM dir (e.g. Qwen2.5-7B-Instruct)
+    create_tiny_if_missing: bool = True  # build the tiny local model there if the dir is absent
+    warm_start_steps: int = 100  # SFT steps on expert demos when creating the tiny model (0: random)
+    dtype: str = "float32"  # float32 | bfloat16
+
+    def validate(self) -> None:
+        _one_of(self.dtype, "model.dtype", ("float32", "bfloat16"))
+        _check(self.warm_start_steps >= 0, "model.warm_start_steps", "must be >= 0")
+
+
+@dataclass
+class EnvConfig:
+    name: str = "builtin"  # builtin (alfworld | webshop: adapters in progress)
+    max_steps: int = 10  # agent steps per episode (ALFWorld 50, WebShop 15)
+    invalid_action_penalty: float = 0.1  # ALFWorld 0.1, WebShop 0.5
+    history_length: int = 2  # observation/action pairs shown in the acting prompt
+    num_pools: int = 1
+    num_cpus_per_pool: float = 0.25
+    eval_tasks: int = 24
+
+    def validate(self) -> None:
+        # ALFWorld and WebShop adapters are issue 5; until they land the name is refused up front
+        _one_of(self.name, "env.name", ("builtin",))
+        _check(self.max_steps >= 1, "env.max_steps", "must be >= 1")
+        _check(self.invalid_action_penalty >= 0, "env.invalid_action_penalty", "must be >= 0")
+        _check(self.history_length >= 0, "env.history_length", "must be >= 0")
+        _check(self.num_pools >= 1, "env.num_pools", "must be >= 1")
+        _check(self.eval_tasks >= 1, "env.eval_tasks", "must be >= 1")
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"  # hf (transformers, CPU or GPU) | vllm (GPU)
+    num_samplers: int = 1
+    num_cpus_per_sampler: float = 0.5
+    num_gpus_per_sampler: float = 0.0
+    torch_threads: int = 2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    eval_temperature: float = 0.4
+    max_new_tokens_query: int = 24
+    max_new_tokens_rerank: int = 8
+    max_new_tokens_act: int = 40
+    max_new_tokens_distill: int = 80
+
+    def validate(self) -> None:
+        _one_of(self.backend, "rollout.backend", ("hf", "vllm"))
+        _check(self.num_samplers >= 1, "rollout.num_samplers", "must be >= 1")
+        _check(self.temperature > 0, "rollout.temperature", "must be > 0 for training")
+        _check(self.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0 = greedy)")
+        _check(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
+        for stage in ("query", "rerank", "act", "distill"):
+            key = f"max_new_tokens_{stage}"
+            _check(getattr(self, key) >= 1, f"rollout.{key}", "must be >= 1")
+
+
+@dataclass
+class LibraryConfig:
+    encoder: str = "all-MiniLM-L6-v2"  # packaged default, or a local sentence-transformers dir
+    top_k: int = 3  # candidates shown to the policy
+    top_m: int = 16  # cosine prefetch before the UCB / greedy re-score
+    alpha: float = 0.05  # utility EMA rate
+    exploration: float = 0.5  # UCB c (training); evaluation is greedy
+    similarity_weight: float = 1.0
+    u_hat_aggregation: str = "max"  # max | mean over the retrieved candidates
+    initial_utility: Optional[float] = None  # new skill's u; None = library mean [ours]
+    merge_threshold: float = 0.95  # cosine above which a new skill merges into an old one [ours]
+    max_skill_chars: int = 1000
+    capacity: int = 5000
+
+    def validate(self) -> None:
+        _check(self.top_k >= 1, "library.top_k", "must be >= 1")
+        _check(self.top_m >= self.top_k, "library.top_m", "must be >= library.top_k")
+        _check(0 < self.alpha <= 1, "library.alpha", f"must be in (0, 1], got {self.alpha}")
+        _check(self.exploration >= 0, "library.exploration", "must be >= 0")
+        _one_of(self.u_hat_aggregation, "library.u_hat_aggregation", ("max", "mean"))
+        _check(-1 <= self.merge_threshold <= 1, "library.merge_threshold", "must be a cosine in [-1, 1]")
+        _check(self.capacity >= 1, "library.capacity", "must be >= 1")
+        _check(self.max_skill_chars >= 16, "library.max_skill_chars", "must be >= 16")
+
+
+@dataclass
+class AlgorithmConfig:
+    preset: str = "skill1"  # one of PRESETS; presets only switch things off
+    iterations: int = 3
+    tasks_per_iteration: int = 4
+    group_size: int = 4  # G rollouts of the same task
+    enable_query_generation: bool = True
+    enable_rerank: bool = True
+    enable_distillation: bool = True
+    use_library: bool = True
+    selection_credit: bool = True
+    distillation_credit: bool = True
+    lambda_rerank: float = 0.3
+    lambda_distill: float = 0.3
+    normalize_std: bool = True  # GRPO std normalisation
+    seed: int = 0
+
+    def validate(self) -> None:
+        _one_of(self.preset, "algorithm.preset", PRESETS)
+        _check(self.iterations >= 1, "algorithm.iterations", "must be >= 1")
+        _check(self.tasks_per_iteration >= 1, "algorithm.tasks_per_iteration", "must be >= 1")
+        _check(self.group_size >= 1, "algorithm.group_size", "must be >= 1")
+
+    def effective(self) -> "AlgorithmConfig":
+        """The switches after the preset: a preset turns parts off, never on."""
+        off: dict[str, bool] = {
+            "skill1": {},
+            "no_selection_credit": {"selection_credit": False},
+            "no_distillation_credit": {"distillation_credit": False},
+            # no retrieval, no skill in context, nothing written; reflection is still trained [ours]
+            "no_library": {"use_library": False},
+            "grpo": {"use_library": False, "enable_distillation": False},
+        }[self.preset]
+        out = dataclasses.replace(self, **off)
+        if not out.use_library:
+            out = dataclasses.replace(out, enable_query_generation=False, enable_rerank=False,
+                                      selection_credit=False)
+        if not out.enable_distillation:
+            out = dataclasses.replace(out, distillation_credit=False)
+        return out
+
+
+@dataclass
+class LearnerConfig:
+    backend: str = "deepspeed"  # deepspeed | torch (AdamW fallback where DeepSpeed is absent)
+    zero_stage: int = 2
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    torch_threads: int = 2
+    lr: float = 1e-4  # tiny model; the 7B configs use 1e-6
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    clip_eps: float = 0.2
+    kl_coef: float = 0.01
+    is_cap: float = 2.0  # truncated importance weight against the behaviour policy
+    ppo_epochs: int = 1
+    mini_batches: int = 1  # optimizer steps per epoch
+    micro_batch_tokens: int = 8192  # token budget of one forward/backward
+
+    def validate(self) -> None:
+        _one_of(self.backend, "learner.backend", ("deepspeed", "torch"))
+        _one_of(self.zero_stage, "learner.zero_stage", (0, 1, 2, 3))
+        _check(self.lr > 0, "learner.lr", f"must be > 0, got {self.lr}")
+        _check(0 < self.clip_eps < 1, "learner.clip_eps", "must be in (0, 1)")
+        _check(self.kl_coef >= 0, "learner.kl_coef", "must be >= 0")
+        _check(self.is_cap >= 1, "learner.is_cap", "must be >= 1")
+        _check(self.ppo_epochs >= 1, "learner.ppo_epochs", "must be >= 1")
+        _check(self.mini_batches >= 1, "learner.mini_batches", "must be >= 1")
+        _check(self.micro_batch_tokens >= 64, "learner.micro_batch_tokens", "must be >= 64")
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "skill1"
+    wandb_entity: Optional[str] = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        _one_of(self.wandb_mode, "logging.wandb_mode", ("offline", "online", "disabled"))
+
+
+@dataclass
+class Skill1Config:
+    name: str = "quickstart"
+    output_dir: str = "runs"
+    ray_address: Optional[str] = None  # None: RAY_ADDRESS if set, else a local instance
+    save_every: int = 0  # iterations between policy checkpoints (0: only at the end)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    library: LibraryConfig = field(default_factory=LibraryConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> "Skill1Config":
+        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        _check(self.save_every >= 0, "save_every", "must be >= 0")
+        for section in (self.model, self.env, self.rollout, self.library, self.algorithm,
+                        self.learner, self.logging):
+            section.validate()
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _normalise_override(arg: str) -> str:
+    """Accept `key=value` and the `--key=value` form that wandb agents pass."""
+    arg = arg[2:] if arg.startswith("--") else arg
+    if "=" not in arg:
+        raise ConfigError(f"{arg}: overrides are key=value (e.g. learner.lr=1e-5)")
+    return arg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Skill1Config:
+    """YAML file (optional) + dotted overrides → validated `Skill1Config`, or one-line `ConfigError`."""
+    schema = OmegaConf.structured(Skill1Config)
+    layers = [schema]
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"--config: no such file: {path}")
+        layers.append(OmegaConf.load(path))
+    if overrides:
+        layers.append(OmegaConf.from_dotlist([_normalise_override(o) for o in overrides]))
+    try:
+        merged = OmegaConf.merge(*layers)
+        cfg: Skill1Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        reason = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {reason}") from None
+    return cfg.validate()
+
+
+def save_config(cfg: Skill1Config, path: str | Path) -> None:
+    OmegaConf.save(OmegaConf.structured(cfg), str(path))

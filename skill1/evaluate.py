@@ -1,0 +1,69 @@
+"""Evaluation: a saved policy + a pinned library snapshot on held-out tasks; success per task family.
+
+Greedy retrieval, `rollout.eval_temperature` sampling, no distillation, no library writes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import ray
+
+from skill1.config import Skill1Config
+from skill1.envs.registry import make_task_source
+from skill1.library import Encoder, SkillLibrary
+from skill1.rollout.worker import RolloutRequest
+from skill1.runtime import init_ray, start_fleet
+from skill1.agent.episode import EpisodeSettings
+from skill1.trainer import retrieval_settings
+
+
+def pick_library_version(library: SkillLibrary, tag: str | None) -> int | None:
+    """The named tag, else the newest `iter-k` tag, else the head; None when there is nothing to retrieve."""
+    tags = library.tags()
+    if tag is not None:
+        if tag not in tags:
+            raise ValueError(f"--library-tag: no tag {tag!r} in {sorted(tags)}")
+        return tags[tag]
+    iters = [(int(t.split("-")[1]), v) for t, v in tags.items() if t.startswith("iter-") and t[5:].isdigit()]
+    version = max(iters)[1] if iters else library.version
+    return version if library.checkout(version).size() > 0 else None
+
+
+def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str | None = None) -> dict:
+    run_dir = cfg.run_dir
+    checkpoint = checkpoint or str(run_dir / "checkpoints" / "final")
+    if not (Path(checkpoint) / "config.json").is_file():
+        raise FileNotFoundError(f"no policy checkpoint at {checkpoint}: train first, or pass --checkpoint DIR")
+    use_library = cfg.algorithm.effective().use_library
+    library_path = run_dir / "library"
+    version = None
+    if use_library and library_path.exists():
+        encoder = Encoder(cfg.library.encoder)
+        version = pick_library_version(SkillLibrary.open(str(library_path), encoder.name, encoder.dim), library_tag)
+    init_ray(cfg)
+    fleet = start_fleet(cfg, checkpoint, str(library_path), with_learner=False)
+    tasks = make_task_source(cfg.env.name).sample("eval", cfg.env.eval_tasks, seed=cfg.algorithm.seed)
+    try:
+        episodes = ray.get(fleet.worker.run.remote(RolloutRequest(
+            tasks, [t.task_id for t in tasks], [f"eval-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(tasks))],
+            EpisodeSettings.from_config(cfg, training=False), retrieval_settings(cfg, training=False),
+            cfg.rollout.eval_temperature, 1.0, version, 0)))
+    finally:
+        fleet.shutdown()
+    by_family: dict[str, list[float]] = defaultdict(list)
+    for ep in episodes:
+        by_family[ep.task.family].append(float(ep.success))
+    report = {
+        "checkpoint": checkpoint, "library_version": version, "episodes": len(episodes),
+        "success": sum(float(e.success) for e in episodes) / len(episodes),
+        "success_by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())},
+        "episodes_by_family": {f: len(v) for f, v in sorted(by_family.items())},
+        "valid_action_rate": (sum(s.valid for e in episodes for s in e.segments if s.stage.value == "act")
+                              / max(1, sum(1 for e in episodes for s in e.segments if s.stage.value == "act"))),
+    }
+    (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    return report

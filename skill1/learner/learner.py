@@ -1,0 +1,139 @@
+"""The learner: PPO-clip + KL updates on token-level advantages, DeepSpeed engine (or torch AdamW).
+
+Only this package knows DeepSpeed. On CPU it runs ZeRO-2 over gloo in one process; on GPU the same
+engine config takes bf16 and ZeRO-2/3 (multi-rank learner groups are issue 6).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from contextlib import closing
+
+import torch
+
+from skill1.algo.losses import ppo_clip_loss
+from skill1.config import LearnerConfig
+from skill1.learner.batching import MicroBatch, collate, split_by_token_budget
+from skill1.learner.forward import response_logprobs
+from skill1.learner.weight_sync import pack_state
+from skill1.models.tiny import load_policy
+from skill1.types import TrainSample, WeightsPacket
+
+
+def _free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_engine(model: torch.nn.Module, cfg: LearnerConfig, bf16: bool):
+    """A one-rank DeepSpeed engine; on CPU it needs the CPU accelerator and gloo, set before import."""
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,  # boundaries are set by hand: micro-batch counts vary
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": bf16},
+        "gradient_clipping": cfg.max_grad_norm,
+        # torch_adam avoids compiling DeepSpeed's CPU Adam extension on first use
+        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                                                   "torch_adam": True}},
+        "steps_per_print": 2**31 - 1,
+    }
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
+                                      config=ds_config)
+    return engine
+
+
+class Learner:
+    def __init__(self, model_path: str, cfg: LearnerConfig, *, dtype: str = "float32", temperature: float = 1.0,
+                 seed: int = 0):
+        torch.manual_seed(seed)
+        self.cfg, self.temperature, self.rng = cfg, temperature, random.Random(seed)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, self.tokenizer = load_policy(model_path, dtype=dtype, device=device)
+        self.reference, _ = load_policy(model_path, dtype=dtype, device=device)
+        self.reference.eval().requires_grad_(False)
+        model.train()
+        self.device = torch.device(device)
+        self.engine = None
+        if cfg.backend == "deepspeed":
+            self.engine = deepspeed_engine(model, cfg, bf16=dtype == "bfloat16")
+            self.model = self.engine.module
+        else:
+            self.model = model
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.version = 0
+
+    def update(self, samples: list[TrainSample]) -> dict[str, float]:
+        """ppo_epochs x mini_batches optimizer steps over `samples`; returns learner metrics."""
+        if not samples:
+            return {"learner/steps": 0.0}
+        start, totals, steps, tokens = time.perf_counter(), {}, 0, 0
+        pad = self.tokenizer.pad_token_id
+        for _ in range(self.cfg.ppo_epochs):
+            order = samples[:]
+            self.rng.shuffle(order)
+            size = -(-len(order) // self.cfg.mini_batches)
+            for mini in (order[i:i + size] for i in range(0, len(order), size)):
+                micro = [collate(g, pad) for g in split_by_token_budget(mini, self.cfg.micro_batch_tokens)]
+                num_tokens = sum(mb.num_tokens for mb in micro)
+                for j, mb in enumerate(micro):
+                    stats = self._micro_step(mb, num_tokens, boundary=j == len(micro) - 1)
+                    for k, v in stats.items():
+                        totals[k] = totals.get(k, 0.0) + v * mb.num_tokens
+                grad_norm = self._optimizer_step()
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm * num_tokens
+                steps, tokens = steps + 1, tokens + num_tokens
+        self.version += 1
+        elapsed = time.perf_counter() - start
+        metrics = {f"learner/{k}": v / tokens for k, v in totals.items()}
+        metrics.update({"learner/steps": float(steps), "learner/tokens": float(tokens),
+                        "learner/tokens_per_s": tokens / elapsed, "learner/update_s": elapsed,
+                        "learner/version": float(self.version)})
+        return metrics
+
+    def _micro_step(self, mb: MicroBatch, num_tokens: int, boundary: bool) -> dict[str, float]:
+        logp = response_logprobs(self.model, mb, self.temperature)
+        with torch.no_grad():
+            ref_logp = response_logprobs(self.reference, mb, self.temperature) if self.cfg.kl_coef > 0 else None
+        out = ppo_clip_loss(logp, mb.old_logprobs.to(self.device), mb.advantages.to(self.device),
+                            torch.ones_like(logp), ref_logp=ref_logp, clip_eps=self.cfg.clip_eps,
+                            kl_coef=self.cfg.kl_coef, is_cap=self.cfg.is_cap, num_tokens=num_tokens)
+        if self.engine is not None:
+            self.engine.set_gradient_accumulation_boundary(boundary)
+            self.engine.backward(out.loss, scale_wrt_gas=False)
+        else:
+            out.loss.backward()
+        return {"pg_loss": out.pg_loss, "kl": out.kl, "clip_frac": out.clip_frac,
+                "is_weight": out.is_weight_mean, "loss": float(out.loss) * num_tokens / mb.num_tokens}
+
+    def _optimizer_step(self) -> float:
+        if self.engine is not None:
+            self.engine.step()
+            norm = self.engine.get_global_grad_norm()
+            return float(norm) if norm is not None else 0.0
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def get_weights(self) -> WeightsPacket:
+        return pack_state(self.model, self.version)
+
+    def save(self, out_dir: str) -> str:
+        """A complete HF model dir (config, weights, tokenizer): loadable by the sampler, eval, or HF."""
+        self.model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        return out_dir

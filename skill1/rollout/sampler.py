@@ -1,0 +1,128 @@
+"""The Sampler interface and its transformers backend (CPU, or GPU without vLLM).
+
+A sampler turns prompt token ids into completions with the behaviour log-prob of every generated
+token, and takes new weights from the learner as one packet. The vLLM backend (`vllm.py`) has the
+same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from skill1.agent.episode import Generated
+from skill1.learner.weight_sync import load_packet
+from skill1.models.tiny import load_policy
+from skill1.types import WeightsPacket
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+
+
+class Sampler(Protocol):
+    version: int
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generated]: ...
+
+    def load_weights(self, packet: WeightsPacket) -> None: ...
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
+    """Draw one token per row; return (tokens, log-probs under the distribution actually sampled from)."""
+    logits = logits.float()
+    if temperature == 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        tokens = logp.argmax(dim=-1)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_logp, order = logp.sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        outside = sorted_logp.exp().cumsum(-1) - sorted_logp.exp() >= top_p
+        sorted_logp = sorted_logp.masked_fill(outside, float("-inf"))
+        logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
+        logp = torch.log_softmax(logp, dim=-1)
+    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+class HFSampler:
+    """transformers backend: left-padded batches, KV cache, log-probs recorded as tokens are drawn."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", seed: int = 0,
+                 max_batch_size: int = 64):
+        self.model, self.tokenizer = load_policy(model_path, dtype=dtype, device=device)
+        self.model.eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.max_batch_size = max_batch_size
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=self.device)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.version = 0
+
+    def load_weights(self, packet: WeightsPacket) -> None:
+        load_packet(self.model, packet)
+        self.version = packet.version
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generated]:
+        out: list[Generated] = []
+        for start in range(0, len(prompts), self.max_batch_size):
+            out.extend(self._generate_batch(prompts[start:start + self.max_batch_size], params))
+        return out
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generated]:
+        batch, width = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        # positions count real tokens only, so a left-padded row sees the positions the learner will use
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        next_pos = positions[:, -1:] + 1
+        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        tokens_out, logps_out = [], []
+        for _ in range(params.max_new_tokens):
+            tokens, logps = sample_next(out.logits[:, -1], params.temperature, params.top_p, self.generator)
+            tokens = tokens.masked_fill(finished, self.pad_id)
+            tokens_out.append(tokens)
+            logps_out.append(logps.masked_fill(finished, 0.0))
+            finished |= torch.isin(tokens, self.eos_ids)
+            if bool(finished.all()):
+                break
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=self.device)], dim=1)
+            out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
+                             past_key_values=out.past_key_values, use_cache=True)
+            next_pos = next_pos + 1
+        toks = torch.stack(tokens_out, 1).tolist()
+        lps = torch.stack(logps_out, 1).tolist()
+        eos = set(self.eos_ids.tolist())
+        results = []
+        for row_toks, row_lps in zip(toks, lps):
+            n = next((i + 1 for i, t in enumerate(row_toks) if t in eos), len(row_toks))  # keep the eos
+            results.append(Generated(row_toks[:n], row_lps[:n],
+                                     self.tokenizer.decode(row_toks[:n], skip_special_tokens=True)))
+        return results
+
+
+def make_sampler(backend: str, model_path: str, dtype: str, seed: int, device: str | None = None) -> Sampler:
+    """Backend by config; only `vllm.py` imports vLLM."""
+    if backend == "hf":
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return HFSampler(model_path, dtype=dtype, device=dev, seed=seed)
+    if backend == "vllm":
+        from skill1.rollout.vllm import VLLMSampler
+
+        return VLLMSampler(model_path, dtype=dtype, seed=seed)
+    raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {backend!r}")

@@ -1,0 +1,50 @@
+"""Every model output maps to a defined outcome."""
+
+import pytest
+
+from skill1.agent.parsing import parse_action, parse_choice, parse_query, parse_skill
+
+ADMISSIBLE = ["go to fridge 1", "take apple 1 from countertop 1", "look"]
+
+
+@pytest.mark.parametrize("text,expected,reason", [
+    ("<think>x</think><action>go to fridge 1</action>", "go to fridge 1", None),
+    ("<think></think><action>  Go   to FRIDGE 1 </action>", "go to fridge 1", None),
+    ("<action>go to fridge 1</action>", None, "missing_think"),
+    ("<think>x</think>go to fridge 1", None, "missing_tag"),
+    ("<think>x</think><action>look</action><action>look</action>", None, "extra_tags"),
+    ("<think>x</think><action>fly away</action>", None, "inadmissible"),
+    ("\u0000\ufffd garbage", None, "missing_think"),
+])
+def test_parse_action(text, expected, reason):
+    assert parse_action(text, ADMISSIBLE) == (expected, reason)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("<choice>2</choice>", (1, None)),
+    ("<choice> 3 </choice>", (2, None)),
+    ("<choice>4</choice>", (0, "unknown_id")),
+    ("<choice>0</choice>", (0, "unknown_id")),
+    ("<choice>two</choice>", (0, "not_a_number")),
+    ("2", (0, "missing_tag")),
+    ("<choice>1</choice><choice>2</choice>", (0, "extra_tags")),
+])
+def test_parse_choice(text, expected):
+    assert parse_choice(text, 3) == expected
+
+
+def test_parse_query():
+    assert parse_query("<query> heat a mug </query>", "task") == ("heat a mug", None)
+    assert parse_query("nothing", "task") == ("task", "missing_tag")
+    assert parse_query("<query>  </query>", "task") == ("task", "empty")
+    assert parse_query("<query>" + "x" * 400 + "</query>", "task") == ("task", "too_long")
+
+
+def test_parse_skill():
+    draft, reason = parse_skill("<scenario>heat things</scenario><strategy>use the microwave</strategy>", 100)
+    assert reason is None and draft.scenario == "heat things" and draft.strategy == "use the microwave"
+    assert parse_skill("<strategy>x</strategy>", 100) == (None, "missing_scenario")
+    assert parse_skill("<scenario>x</scenario>", 100) == (None, "missing_strategy")
+    assert parse_skill("<scenario> </scenario><strategy>x</strategy>", 100) == (None, "empty_scenario")
+    assert parse_skill("<scenario>a</scenario><strategy>b</strategy><scenario>c</scenario>", 100) == (None, "extra_tags")
+    assert parse_skill("<scenario>a</scenario><strategy>" + "b" * 101 + "</strategy>", 100) == (None, "too_long")
