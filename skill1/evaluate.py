@@ -14,14 +14,13 @@ import ray
 
 from skill1.config import Skill1Config
 from skill1.envs.registry import make_task_source
-from skill1.library import Encoder, SkillLibrary
 from skill1.rollout.worker import RolloutRequest
 from skill1.runtime import init_ray, start_fleet
 from skill1.agent.episode import EpisodeSettings
 from skill1.trainer import retrieval_settings
 
 
-def pick_library_version(library: SkillLibrary, tag: str | None) -> int | None:
+def pick_library_version(library, tag: str | None) -> int | None:
     """The named tag, else the newest `iter-k` tag, else the head; None when there is nothing to retrieve."""
     tags = library.tags()
     if tag is not None:
@@ -38,13 +37,13 @@ def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str 
     checkpoint = checkpoint or str(run_dir / "checkpoints" / "final")
     if not (Path(checkpoint) / "config.json").is_file():
         raise FileNotFoundError(f"no policy checkpoint at {checkpoint}: train first, or pass --checkpoint DIR")
-    use_library = cfg.algorithm.effective().use_library
-    library_path = run_dir / "library"
-    version = None
-    if use_library and library_path.exists():
+    init_ray(cfg)  # before LanceDB is imported: see trainer.train
+    library_path, version = run_dir / "library", None
+    if cfg.algorithm.effective().use_library and library_path.exists():
+        from skill1.library import Encoder, SkillLibrary
+
         encoder = Encoder(cfg.library.encoder)
         version = pick_library_version(SkillLibrary.open(str(library_path), encoder.name, encoder.dim), library_tag)
-    init_ray(cfg)
     fleet = start_fleet(cfg, checkpoint, str(library_path), with_learner=False)
     tasks = make_task_source(cfg.env.name).sample("eval", cfg.env.eval_tasks, seed=cfg.algorithm.seed)
     try:

@@ -23,7 +23,6 @@ from skill1.agent.episode import EpisodeSettings
 from skill1.algo.advantages import assign_credit
 from skill1.algo.batch import credit_inputs, episodes_to_samples
 from skill1.config import Skill1Config, save_config
-from skill1.library import Encoder, SkillLibrary
 from skill1.library.retrieval import RetrievalSettings
 from skill1.metrics import MetricsLogger, episode_metrics
 from skill1.models.provision import ensure_policy
@@ -48,7 +47,7 @@ def retrieval_settings(cfg: Skill1Config, training: bool) -> RetrievalSettings:
     return RetrievalSettings(lib.top_k, lib.top_m, lib.exploration if training else 0.0, lib.similarity_weight)
 
 
-def update_library(library: SkillLibrary, encoder: Encoder, episodes: list[Episode], iteration: int,
+def update_library(library, encoder, episodes: list[Episode], iteration: int,
                    cfg: Skill1Config) -> dict[str, float]:
     """The driver is the library's only writer: utilities, admission, eviction, then the iteration tag."""
     outcomes: dict[str, list[float]] = {}
@@ -100,12 +99,15 @@ def train(cfg: Skill1Config) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     model_path = ensure_policy(cfg.model)
+    # Ray and wandb spawn their processes before LanceDB is imported (forking after it is unsafe)
     init_ray(cfg)
+    logger = MetricsLogger(run_dir, cfg.to_dict(), cfg.logging.wandb_mode, cfg.logging.wandb_project,
+                           cfg.logging.wandb_entity, cfg.name)
+    from skill1.library import Encoder, SkillLibrary
+
     encoder = Encoder(cfg.library.encoder)
     library = SkillLibrary.open(str(run_dir / "library"), encoder.name, encoder.dim)
     fleet = start_fleet(cfg, model_path, str(run_dir / "library"), with_learner=True)
-    logger = MetricsLogger(run_dir, cfg.to_dict(), cfg.logging.wandb_mode, cfg.logging.wandb_project,
-                           cfg.logging.wandb_entity, cfg.name)
     task_source, a = make_task_source(cfg.env.name), cfg.algorithm.effective()
     settings, retrieval = EpisodeSettings.from_config(cfg, training=True), retrieval_settings(cfg, training=True)
     policy_version, metrics = 0, {}

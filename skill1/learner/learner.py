@@ -117,7 +117,7 @@ class Learner:
         else:
             out.loss.backward()
         return {"pg_loss": out.pg_loss, "kl": out.kl, "clip_frac": out.clip_frac,
-                "is_weight": out.is_weight_mean, "loss": float(out.loss) * num_tokens / mb.num_tokens}
+                "is_weight": out.is_weight_mean, "loss": out.loss.item() * num_tokens / mb.num_tokens}
 
     def _optimizer_step(self) -> float:
         if self.engine is not None:

@@ -7,6 +7,8 @@ contiguous tensor plus names and shapes, which Ray moves as one zero-copy numpy 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -31,7 +33,9 @@ def pack_state(model: torch.nn.Module, version: int) -> WeightsPacket:
 
 def unpack(packet: WeightsPacket) -> dict[str, torch.Tensor]:
     dtype = getattr(torch, packet.dtype)
-    flat = torch.from_numpy(np.asarray(packet.flat))
+    with warnings.catch_warnings():  # the object store hands out read-only arrays; we only read them
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.from_numpy(np.asarray(packet.flat))
     if dtype in _VIEW_AS:
         flat = flat.view(dtype)
     out, offset = {}, 0

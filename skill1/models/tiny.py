@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as hf_logging
 
 from skill1.models.tokenizer import PAD_TOKEN, SPECIAL_TOKEN_IDS, VOCAB_SIZE, EOS_TOKEN, build_qwen_tokenizer
 
@@ -89,6 +90,7 @@ def load_policy(path: str, dtype: str = "float32", device: str = "cpu"):
             f"`skill1 model init-tiny --out {path}` to create the tiny local policy, or point model.path "
             "at a Hugging Face model dir (e.g. Qwen2.5-7B-Instruct)")
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    hf_logging.disable_progress_bar()  # a bar per load/save in every actor drowns the training log
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     model.to(device)
     model.eval()

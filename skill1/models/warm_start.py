@@ -113,7 +113,7 @@ def warm_start(model: torch.nn.Module, tokenizer, settings: EpisodeSettings, ste
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     tail = losses[-20:] or [float("nan")]
     return {"demos": float(len(samples)), "first_loss": losses[0] if losses else float("nan"),

@@ -103,7 +103,7 @@ class HFSampler:
                 break
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=self.device)], dim=1)
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
-                             past_key_values=out.past_key_values, use_cache=True)
+                             cache=out.cache, use_cache=True)
             next_pos = next_pos + 1
         toks = torch.stack(tokens_out, 1).tolist()
         lps = torch.stack(logps_out, 1).tolist()

@@ -1,0 +1,34 @@
+"""Drive episodes in-process (no Ray): a scripted policy answers generations, a local env the steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from skill1.agent.episode import EpisodeSettings, Generate, Generated, Reset, Retrieve, Step, run_episode
+from skill1.envs.builtin import HouseholdEnv
+from skill1.types import Candidate, Episode, Task
+
+
+def drive(task: Task, tokenizer, settings: EpisodeSettings, policy: Callable[[Generate], str],
+          candidates: list[Candidate] | None = None) -> tuple[Episode, list]:
+    """Run one episode; `policy(request) -> text`. Returns the episode and the requests it made."""
+    env, requests = HouseholdEnv(max_steps=50), []
+    gen = run_episode(task, "ep", "grp", tokenizer, settings)
+    request = gen.send(None)
+    while True:
+        requests.append(request)
+        if isinstance(request, Generate):
+            text = policy(request)
+            ids = tokenizer.encode(text, add_special_tokens=False) or [tokenizer.eos_token_id]
+            result = Generated(ids, [-1.0] * len(ids), text)
+        elif isinstance(request, Retrieve):
+            result = list(candidates or [])
+        elif isinstance(request, Reset):
+            result = env.reset(request.task)
+        else:
+            assert isinstance(request, Step)
+            result = env.step(request.action)
+        try:
+            request = gen.send(result)
+        except StopIteration as stop:
+            return stop.value, requests

@@ -1,0 +1,115 @@
+"""End to end on local Ray: train → policy changed, samplers got it, library tagged, metrics written;
+evaluate the checkpoint; a garbage-emitting policy does not crash the run; config errors stop early."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from skill1.config import ModelConfig, load_config
+from skill1.envs.builtin import FAMILIES
+from skill1.models.provision import ensure_policy
+from skill1.models.tiny import load_policy
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+FAST = ["env.max_steps=4", "rollout.max_new_tokens_act=24", "rollout.max_new_tokens_distill=40",
+        "rollout.max_new_tokens_query=16", "algorithm.tasks_per_iteration=2", "algorithm.group_size=4",
+        "logging.progress=false", "env.eval_tasks=6"]
+
+
+@pytest.fixture(scope="module")
+def warm_model(tmp_path_factory) -> str:
+    """The quickstart's model recipe: warm-started enough for parseable, varied output (40 steps is not)."""
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    return ensure_policy(ModelConfig(path=str(path), warm_start_steps=100))
+
+
+def _params(path: str) -> dict[str, torch.Tensor]:
+    model, _ = load_policy(path)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def trained(warm_model, tmp_path_factory, local_ray):
+    from skill1.trainer import train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(ROOT / "pipelines/configs/quickstart.yaml",
+                      [f"output_dir={out}", "name=e2e", f"model.path={warm_model}", "algorithm.iterations=2", *FAST])
+    return cfg, train(cfg)
+
+
+def test_train_changes_policy_and_syncs_samplers(warm_model, trained):
+    _, result = trained
+    lines = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    # every sampler reported the version the learner produced, each iteration
+    assert [m["policy/version"] for m in lines] == [1.0, 2.0] == [m["learner/version"] for m in lines]
+    assert all(m["learner/tokens"] > 0 and m["rollout/episodes"] == 8 for m in lines)
+    before, after = _params(warm_model), _params(str(result.checkpoint))
+    assert any(not torch.equal(before[n], after[n]) for n in before), "no parameter moved"
+
+
+def test_library_has_a_tag_per_iteration(trained):
+    from skill1.library import Encoder, SkillLibrary
+
+    cfg, result = trained
+    enc = Encoder(cfg.library.encoder)
+    lib = SkillLibrary.open(str(result.library_path), enc.name, enc.dim)
+    tags = lib.tags()
+    lines = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    # each tag pins the version the iteration ended at (equal versions when an iteration wrote nothing)
+    assert tags == {f"iter-{m['step']}": int(m["library/version"]) for m in lines}
+    assert result.library_tags == tags
+    for name, version in tags.items():
+        assert lib.checkout(name).version == version
+
+
+def test_metrics_reach_wandb_offline(trained):
+    _, result = trained
+    run_dirs = list((result.run_dir / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    history = list(run_dirs[0].glob("*.wandb"))
+    assert history and history[0].stat().st_size > 0
+    required = {"rollout/reward", "rollout/success", "library/size", "time/iteration_s", "learner/kl",
+                "act/valid_rate", "select/advantage", "distill/advantage"}
+    assert required <= set(json.loads(result.metrics_path.read_text().splitlines()[-1]))
+
+
+def test_eval_reports_success_per_family(trained):
+    from skill1.evaluate import evaluate
+
+    cfg, result = trained
+    report = evaluate(cfg)
+    assert report["episodes"] == 6 and set(report["success_by_family"]) <= set(FAMILIES)
+    assert len(report["success_by_family"]) == 6  # 6 eval tasks, families round-robin
+    assert all(0.0 <= v <= 1.0 for v in report["success_by_family"].values())
+    assert json.loads((result.run_dir / "eval.json").read_text())["checkpoint"] == str(result.checkpoint)
+
+
+def test_garbage_emitting_policy_does_not_crash_the_run(small_model_dir, tmp_path, local_ray):
+    """A random model writes no parseable output: every action invalid, no skill — the run completes."""
+    from skill1.trainer import train
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=garbage", f"model.path={small_model_dir}",
+                             "algorithm.iterations=1", "learner.backend=torch", *FAST])
+    result = train(cfg)
+    m = result.final_metrics
+    assert m["act/valid_rate"] == 0.0 and m["act/invalid_actions"] == 4.0
+    assert m["rollout/reward"] == 0.0 and m["library/size"] == 0.0
+    assert m["distill/valid_rate"] == 0.0 and result.checkpoint.is_dir()
+
+
+def test_bad_config_fails_in_one_line_before_anything_starts(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "skill1.cli", "train", f"output_dir={tmp_path}", "learner.lr=-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: learner.lr: must be > 0, got -1.0"
+    assert not any(tmp_path.iterdir())  # no run dir, no Ray, no model
