@@ -15,7 +15,7 @@ def _train(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
-    tags = ", ".join(sorted(result.library_tags, key=result.library_tags.get))
+    tags = ", ".join(sorted(result.library_tags, key=lambda t: (result.library_tags[t], len(t), t)))
     print(f"\nRun finished: {result.run_dir}\n"
           f"  policy checkpoint  {result.checkpoint}\n"
           f"  skill library      {result.library_path}  (snapshots: {tags or 'none'})\n"
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("model", help="policy models").add_subparsers(dest="model_command", required=True)
     mi = m.add_parser("init-tiny", help="create the tiny local Qwen2-architecture policy")
     mi.add_argument("--out", default="runs/models/tiny-qwen2")
-    mi.add_argument("--warm-start-steps", type=int, default=100, help="SFT steps on expert demos (0: random)")
+    mi.add_argument("--warm-start-steps", type=int, default=120, help="SFT steps on expert demos (0: random)")
     mi.set_defaults(fn=_init_tiny)
     lib = sub.add_parser("library", help="inspect a run's skill library").add_subparsers(dest="lib_command",
                                                                                          required=True)

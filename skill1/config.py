@@ -34,7 +34,7 @@ def _one_of(value: Any, key: str, choices: tuple) -> None:
 class ModelConfig:
     path: str = "runs/models/tiny-qwen2"  # any HF causal-LM dir (e.g. Qwen2.5-7B-Instruct)
     create_tiny_if_missing: bool = True  # build the tiny local model there if the dir is absent
-    warm_start_steps: int = 100  # SFT steps on expert demos when creating the tiny model (0: random)
+    warm_start_steps: int = 120  # SFT steps on expert demos when creating the tiny model (0: random)
     dtype: str = "float32"  # float32 | bfloat16
 
     def validate(self) -> None:
@@ -64,7 +64,7 @@ class EnvConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: str = "hf"  # hf (transformers, CPU or GPU) | vllm (GPU)
+    backend: str = "hf"  # hf (transformers, CPU or GPU); vllm (GPU) arrives with issue 6
     num_samplers: int = 1
     num_cpus_per_sampler: float = 0.5
     num_gpus_per_sampler: float = 0.0
@@ -78,7 +78,7 @@ class RolloutConfig:
     max_new_tokens_distill: int = 80
 
     def validate(self) -> None:
-        _one_of(self.backend, "rollout.backend", ("hf", "vllm"))
+        _one_of(self.backend, "rollout.backend", ("hf",))
         _check(self.num_samplers >= 1, "rollout.num_samplers", "must be >= 1")
         _check(self.temperature > 0, "rollout.temperature", "must be > 0 for training")
         _check(self.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0 = greedy)")
@@ -201,6 +201,7 @@ class Skill1Config:
     output_dir: str = "runs"
     ray_address: Optional[str] = None  # None: RAY_ADDRESS if set, else a local instance
     save_every: int = 0  # iterations between policy checkpoints (0: only at the end)
+    overwrite: bool = False  # replace an existing run dir of the same name (else refuse to start)
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -216,6 +217,11 @@ class Skill1Config:
                         self.learner, self.logging):
             section.validate()
         return self
+
+    def check_run_dir_free(self) -> None:
+        """A second run into the same dir would collide with its library tags and metrics."""
+        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.overwrite:
+            raise ConfigError(f"name: {self.run_dir} already holds a run; pass name=<new name> or overwrite=true")
 
     @property
     def run_dir(self) -> Path:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ import ray
 from tqdm import tqdm
 
 from skill1.agent.episode import EpisodeSettings
+from skill1.agent.prompts import PROMPT_VERSION
 from skill1.algo.advantages import assign_credit
 from skill1.algo.batch import credit_inputs, episodes_to_samples
 from skill1.config import Skill1Config, save_config
+from skill1.envs.registry import make_task_source
 from skill1.library.retrieval import RetrievalSettings
 from skill1.metrics import MetricsLogger, episode_metrics
 from skill1.models.provision import ensure_policy
@@ -93,15 +96,15 @@ def make_batch(cfg: Skill1Config, iteration: int, task_source) -> tuple[list, li
 
 
 def train(cfg: Skill1Config) -> TrainResult:
-    from skill1.envs.registry import make_task_source
-
+    cfg.check_run_dir_free()
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # only reached when empty or overwrite=true
+    run_dir.mkdir(parents=True)
     save_config(cfg, run_dir / "config.yaml")
     model_path = ensure_policy(cfg.model)
     # Ray and wandb spawn their processes before LanceDB is imported (forking after it is unsafe)
     init_ray(cfg)
-    logger = MetricsLogger(run_dir, cfg.to_dict(), cfg.logging.wandb_mode, cfg.logging.wandb_project,
+    logger = MetricsLogger(run_dir, {**cfg.to_dict(), "prompt_version": PROMPT_VERSION}, cfg.logging.wandb_mode, cfg.logging.wandb_project,
                            cfg.logging.wandb_entity, cfg.name)
     from skill1.library import Encoder, SkillLibrary
 
@@ -129,7 +132,8 @@ def train(cfg: Skill1Config) -> TrainResult:
             t2 = time.perf_counter()
             packet = fleet.learner.get_weights.remote()
             versions = ray.get([s.load_weights.remote(packet) for s in fleet.samplers])
-            assert len(set(versions)) == 1, f"samplers disagree on the weights version: {versions}"
+            if len(set(versions)) != 1:
+                raise RuntimeError(f"samplers disagree on the weights version after a sync: {versions}")
             policy_version = versions[0]
             t3 = time.perf_counter()
             lib_metrics = update_library(library, encoder, episodes, it, cfg)

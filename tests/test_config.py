@@ -25,6 +25,7 @@ def test_quickstart_yaml_loads_and_overrides_apply():
     ("library.top_m=1", "library.top_m"),
     ("rollout.top_p=1.5", "rollout.top_p"),
     ("env.name=nethack", "env.name"),
+    ("rollout.backend=sglang", "rollout.backend"),
     ("learner.lr", "key=value"),
 ])
 def test_bad_keys_and_values_are_one_line_naming_the_key(override, needle):
@@ -52,3 +53,13 @@ def test_presets_switch_parts_off(preset, use_library, distill, sel, dis):
         (use_library, distill, sel, dis)
     if not use_library:
         assert not a.enable_query_generation and not a.enable_rerank
+
+
+def test_existing_run_dir_is_refused_unless_overwrite(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "metrics.jsonl").write_text("{}")
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=taken"])
+    with pytest.raises(ConfigError, match="already holds a run.*overwrite=true"):
+        cfg.check_run_dir_free()
+    load_config(None, [f"output_dir={tmp_path}", "name=taken", "overwrite=true"]).check_run_dir_free()
+    load_config(None, [f"output_dir={tmp_path}", "name=fresh"]).check_run_dir_free()

@@ -28,7 +28,7 @@ FAST = ["env.max_steps=4", "rollout.max_new_tokens_act=24", "rollout.max_new_tok
 def warm_model(tmp_path_factory) -> str:
     """The quickstart's model recipe: warm-started enough for parseable, varied output (40 steps is not)."""
     path = tmp_path_factory.mktemp("models") / "tiny"
-    return ensure_policy(ModelConfig(path=str(path), warm_start_steps=100))
+    return ensure_policy(ModelConfig(path=str(path), warm_start_steps=120))
 
 
 def _params(path: str) -> dict[str, torch.Tensor]:
@@ -113,3 +113,17 @@ def test_bad_config_fails_in_one_line_before_anything_starts(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: learner.lr: must be > 0, got -1.0"
     assert not any(tmp_path.iterdir())  # no run dir, no Ray, no model
+
+
+def test_analysis_notebook_runs_on_the_trained_run(trained, monkeypatch, capsys):
+    """Execute the notebook's code cells (as a kernel would, in order) against the run above."""
+    _, result = trained
+    monkeypatch.setenv("SKILL1_RUN", str(result.run_dir))
+    nb = json.loads((ROOT / "notebooks/run_analysis.ipynb").read_text())
+    namespace: dict = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec("".join(cell["source"]), namespace)  # noqa: S102 - our own notebook
+    assert [row[0] for row in namespace["evolution"]] == ["iter-1", "iter-2"]
+    out = capsys.readouterr().out
+    assert "iter-2" in out and "reward" in out

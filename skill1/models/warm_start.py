@@ -98,15 +98,21 @@ def warm_start(model: torch.nn.Module, tokenizer, settings: EpisodeSettings, ste
     """`steps` AdamW steps of token-mean NLL on the generated part of the demonstrations."""
     tasks = HouseholdTaskSource().sample("train", num_tasks, seed=10_000 + seed)
     demos = expert_demos(tasks, tokenizer, settings, seed)
-    samples = [TrainSample(d.prompt_ids + d.response_ids, len(d.prompt_ids), [0.0] * len(d.response_ids), 1.0,
-                           d.stage) for d in demos]
+    by_stage: dict[Stage, list[TrainSample]] = {}
+    for d in demos:
+        by_stage.setdefault(d.stage, []).append(
+            TrainSample(d.prompt_ids + d.response_ids, len(d.prompt_ids), [0.0] * len(d.response_ids), 1.0, d.stage))
+    stages = sorted(by_stage, key=lambda s: s.value)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc="warm start (expert SFT)", disable=not progress):
-        mb = collate(rng.sample(samples, min(batch_size, len(samples))), tokenizer.pad_token_id)
+    for _ in tqdm(range(steps), desc="warm start (expert SFT)", disable=not progress,
+                  mininterval=5.0):
+        # stage-balanced: acting demos outnumber the others ~6:1, but all four generations must parse
+        batch = [rng.choice(by_stage[rng.choice(stages)]) for _ in range(batch_size)]
+        mb = collate(batch, tokenizer.pad_token_id)
         loss = -response_logprobs(model, mb).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,5 +122,5 @@ def warm_start(model: torch.nn.Module, tokenizer, settings: EpisodeSettings, ste
         losses.append(loss.item())
     model.eval()
     tail = losses[-20:] or [float("nan")]
-    return {"demos": float(len(samples)), "first_loss": losses[0] if losses else float("nan"),
+    return {"demos": float(len(demos)), "first_loss": losses[0] if losses else float("nan"),
             "final_loss": sum(tail) / len(tail)}
