@@ -1,8 +1,8 @@
 """The Sampler interface and its transformers backend (CPU, or GPU without vLLM).
 
 A sampler turns prompt token ids into completions with the behaviour log-prob of every generated
-token, and takes new weights from the learner as one packet. The vLLM backend (`vllm.py`) has the
-same interface.
+token, and takes new weights from the learner as one packet. The vLLM backend (issue 6) implements the
+same protocol in its own module, the only one that will import vLLM.
 """
 
 from __future__ import annotations
@@ -117,12 +117,8 @@ class HFSampler:
 
 
 def make_sampler(backend: str, model_path: str, dtype: str, seed: int, device: str | None = None) -> Sampler:
-    """Backend by config; only `vllm.py` imports vLLM."""
+    """The backend named by `rollout.backend`."""
     if backend == "hf":
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return HFSampler(model_path, dtype=dtype, device=dev, seed=seed)
-    if backend == "vllm":
-        from skill1.rollout.vllm import VLLMSampler
-
-        return VLLMSampler(model_path, dtype=dtype, seed=seed)
-    raise ValueError(f"rollout.backend must be 'hf' or 'vllm', got {backend!r}")
+    raise ValueError(f"rollout.backend: unknown sampler backend {backend!r} (available: 'hf')")
