@@ -128,6 +128,10 @@ class AlgorithmConfig:
     lambda_rerank: float = 0.3
     lambda_distill: float = 0.3
     normalize_std: bool = True  # GRPO std normalisation
+    singleton_group_advantage: str = "zero"  # zero [ours] | reward (verl) for a group of one
+    selection_credit_type: str = "chosen_minus_mean"  # | chosen_minus_max [ours]
+    intrinsic_coefficient: float = 1.0  # scales both intrinsic terms (paper: intrinsic_reward_coefficient)
+    intrinsic_group_norm: bool = False  # z-score r_sel / r_dis within the group first [ours]
     seed: int = 0
 
     def validate(self) -> None:
@@ -135,6 +139,10 @@ class AlgorithmConfig:
         _check(self.iterations >= 1, "algorithm.iterations", "must be >= 1")
         _check(self.tasks_per_iteration >= 1, "algorithm.tasks_per_iteration", "must be >= 1")
         _check(self.group_size >= 1, "algorithm.group_size", "must be >= 1")
+        _one_of(self.singleton_group_advantage, "algorithm.singleton_group_advantage", ("zero", "reward"))
+        _one_of(self.selection_credit_type, "algorithm.selection_credit_type",
+                ("chosen_minus_mean", "chosen_minus_max"))
+        _check(self.intrinsic_coefficient >= 0, "algorithm.intrinsic_coefficient", "must be >= 0")
 
     def effective(self) -> "AlgorithmConfig":
         """The switches after the preset: a preset turns parts off, never on."""

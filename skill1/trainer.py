@@ -82,6 +82,17 @@ def update_library(library, encoder, episodes: list[Episode], iteration: int,
     }
 
 
+def compute_credit(episodes: list[Episode], cfg: Skill1Config) -> list:
+    a = cfg.algorithm.effective()
+    return assign_credit(
+        [credit_inputs(e, cfg.env.invalid_action_penalty) for e in episodes],
+        normalize_std=a.normalize_std, selection_on=a.selection_credit, distillation_on=a.distillation_credit,
+        lambda_rerank=a.lambda_rerank, lambda_distill=a.lambda_distill,
+        u_hat_aggregation=cfg.library.u_hat_aggregation, selection_credit_type=a.selection_credit_type,
+        intrinsic_coefficient=a.intrinsic_coefficient, intrinsic_group_norm=a.intrinsic_group_norm,
+        singleton_group=a.singleton_group_advantage)
+
+
 def make_batch(cfg: Skill1Config, iteration: int, task_source) -> tuple[list, list[str], list[str]]:
     a = cfg.algorithm
     tasks = task_source.sample("train", a.tasks_per_iteration, seed=a.seed * 1_000_003 + iteration)
@@ -124,10 +135,7 @@ def train(cfg: Skill1Config) -> TrainResult:
                 tasks, groups, ids, settings, retrieval, cfg.rollout.temperature, cfg.rollout.top_p,
                 pinned, policy_version)))
             t1 = time.perf_counter()
-            credits = assign_credit([credit_inputs(e, cfg.env.invalid_action_penalty) for e in episodes],
-                                    normalize_std=a.normalize_std, selection_on=a.selection_credit,
-                                    distillation_on=a.distillation_credit, lambda_rerank=a.lambda_rerank,
-                                    lambda_distill=a.lambda_distill, u_hat_aggregation=cfg.library.u_hat_aggregation)
+            credits = compute_credit(episodes, cfg)
             learner_metrics = ray.get(fleet.learner.update.remote(episodes_to_samples(episodes, credits)))
             t2 = time.perf_counter()
             packet = fleet.learner.get_weights.remote()

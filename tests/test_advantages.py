@@ -103,3 +103,28 @@ def test_grpo_matches_reference_on_random_inputs(normalize):
         rewards = rng.choice([0.0, 0.5, 1.0, -0.3], size=n).tolist()
         np.testing.assert_allclose(grpo_advantages(rewards, groups, normalize), _reference_grpo(rewards, groups, normalize),
                                    atol=1e-9)
+
+
+def test_singleton_group_switch():
+    assert grpo_advantages([0.7], ["solo"], singleton="reward")[0] == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        grpo_advantages([0.7], ["solo"], singleton="mean")
+
+
+def test_selection_credit_regret_variant():
+    assert selection_credit(0.6, [0.2, 0.6, 0.4], "chosen_minus_max") == 0.0
+    assert selection_credit(0.2, [0.2, 0.6, 0.4], "chosen_minus_max") == pytest.approx(-0.4)
+    with pytest.raises(ValueError, match="chosen_minus_mean"):
+        selection_credit(0.2, [0.2], "rank")
+
+
+def test_intrinsic_coefficient_and_group_norm_by_hand():
+    cands = (0.2, 0.6, 0.4)
+    eps = [CreditInputs("g", 1.0, 1.0, cands, 0.6), CreditInputs("g", 1.0, 1.0, cands, 0.2)]
+    # equal rewards: A = 0, so the stage advantages are the intrinsic terms alone
+    c = assign_credit(eps, intrinsic_coefficient=2.0, lambda_rerank=0.3)
+    assert c[0].selection == pytest.approx(2.0 * 0.3 * 0.2) and c[1].selection == pytest.approx(2.0 * 0.3 * -0.2)
+    # group norm: r_sel = [0.2, -0.2] → z-scores ±0.7071 (unbiased std 0.2828); r_dis equal → 0
+    g = assign_credit(eps, intrinsic_group_norm=True, lambda_rerank=0.3)
+    assert g[0].selection == pytest.approx(0.3 * 0.70710, abs=1e-4) and g[1].selection == pytest.approx(-0.3 * 0.70710, abs=1e-4)
+    assert g[0].distillation == 0.0 and g[0].r_sel == pytest.approx(0.2)  # raw terms still reported

@@ -19,13 +19,16 @@ from skill1.types import Stage
 
 
 def grpo_advantages(
-    rewards: Sequence[float], group_ids: Sequence[Hashable], normalize_std: bool = True, eps: float = 1e-6
+    rewards: Sequence[float], group_ids: Sequence[Hashable], normalize_std: bool = True, eps: float = 1e-6,
+    singleton: str = "zero",
 ) -> np.ndarray:
     """Group-relative advantages. std is the unbiased (N-1) estimate, as in verl's GRPO.
 
-    A single-member group has no baseline to compare against: its advantage is 0 [ours; verl uses r].
-    Equal rewards in a group give 0, never NaN.
+    A single-member group has no baseline to compare against: its advantage is 0 (`singleton="zero"`,
+    [ours]) or its raw reward (`"reward"`, verl's choice). Equal rewards in a group give 0, never NaN.
     """
+    if singleton not in ("zero", "reward"):
+        raise ValueError(f"singleton must be 'zero' or 'reward', got {singleton!r}")
     r = np.asarray(rewards, dtype=np.float64)
     adv = np.zeros_like(r)
     groups: dict[Hashable, list[int]] = {}
@@ -33,6 +36,7 @@ def grpo_advantages(
         groups.setdefault(g, []).append(i)
     for idx in groups.values():
         if len(idx) < 2:
+            adv[idx] = r[idx] if singleton == "reward" else 0.0
             continue
         x = r[idx]
         centred = x - x.mean()
@@ -55,14 +59,23 @@ def u_hat(candidate_utilities: Sequence[float], aggregation: str = "max", empty:
     raise ValueError(f"u_hat aggregation must be 'max' or 'mean', got {aggregation!r}")
 
 
-def selection_credit(chosen_utility: float | None, candidate_utilities: Sequence[float]) -> float:
-    """Trend credit for query + re-rank: u_chosen - mean(u over the k candidates) [ours].
+def selection_credit(chosen_utility: float | None, candidate_utilities: Sequence[float],
+                     kind: str = "chosen_minus_mean") -> float:
+    """Trend credit for query + re-rank [ours: the paper's exact ranking objective is not public]:
+
+    chosen_minus_mean: u_chosen - mean(u over the k candidates)   (signed: better or worse than average)
+    chosen_minus_max:  u_chosen - max(u over the k candidates)    (regret: 0 for the best, else negative)
 
     0 when nothing was chosen or there was nothing to choose between.
     """
     if chosen_utility is None or len(candidate_utilities) == 0:
         return 0.0
-    return float(chosen_utility - np.mean(np.asarray(candidate_utilities, dtype=np.float64)))
+    u = np.asarray(candidate_utilities, dtype=np.float64)
+    if kind == "chosen_minus_mean":
+        return float(chosen_utility - u.mean())
+    if kind == "chosen_minus_max":
+        return float(chosen_utility - u.max())
+    raise ValueError(f"selection credit kind must be 'chosen_minus_mean' or 'chosen_minus_max', got {kind!r}")
 
 
 def distillation_credit(outcome: float, promised: float) -> float:
@@ -108,17 +121,25 @@ def assign_credit(
     lambda_rerank: float = 0.3,
     lambda_distill: float = 0.3,
     u_hat_aggregation: str = "max",
+    selection_credit_type: str = "chosen_minus_mean",
+    intrinsic_coefficient: float = 1.0,
+    intrinsic_group_norm: bool = False,
+    singleton_group: str = "zero",
 ) -> list[EpisodeCredit]:
-    adv = grpo_advantages([e.reward for e in episodes], [e.group_id for e in episodes], normalize_std)
+    """Stage advantages: A + c * lambda * term, where term is r_sel / r_dis, group-centred and scaled
+    like GRPO when `intrinsic_group_norm` [ours: the paper adds them raw, c = 1]."""
+    groups = [e.group_id for e in episodes]
+    adv = grpo_advantages([e.reward for e in episodes], groups, normalize_std, singleton=singleton_group)
+    r_sel = [selection_credit(e.chosen_utility, e.candidate_utilities, selection_credit_type) for e in episodes]
+    r_dis = [distillation_credit(e.outcome, u_hat(e.candidate_utilities, u_hat_aggregation)) for e in episodes]
+    sel_term, dis_term = np.asarray(r_sel), np.asarray(r_dis)
+    if intrinsic_group_norm:
+        sel_term = grpo_advantages(r_sel, groups, normalize_std=True)
+        dis_term = grpo_advantages(r_dis, groups, normalize_std=True)
     out = []
-    for a, e in zip(adv, episodes):
-        r_sel = selection_credit(e.chosen_utility, e.candidate_utilities)
-        r_dis = distillation_credit(e.outcome, u_hat(e.candidate_utilities, u_hat_aggregation))
-        out.append(EpisodeCredit(
-            utilization=float(a),
-            selection=float(a) + (lambda_rerank * r_sel if selection_on else 0.0),
-            distillation=float(a) + (lambda_distill * r_dis if distillation_on else 0.0),
-            r_sel=r_sel,
-            r_dis=r_dis,
-        ))
+    for i, a in enumerate(adv):
+        sel = intrinsic_coefficient * lambda_rerank * sel_term[i] if selection_on else 0.0
+        dis = intrinsic_coefficient * lambda_distill * dis_term[i] if distillation_on else 0.0
+        out.append(EpisodeCredit(utilization=float(a), selection=float(a + sel), distillation=float(a + dis),
+                                 r_sel=r_sel[i], r_dis=r_dis[i]))
     return out
