@@ -1,4 +1,7 @@
-"""`skill1 train | eval | model init-tiny | library ls` — the command line, one function per command."""
+"""`skill1 train | eval | model init-tiny | library ...` — the command line, one function per command.
+
+The `library` sub-commands (ls, show, search, diff, restore, export) live in `skill1.library_cli`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import sys
 from pathlib import Path
 
 from skill1.config import ConfigError, load_config
+from skill1.library_cli import CommandError
+from skill1.library_cli import register as register_library
 
 
 def _train(args) -> None:
@@ -60,21 +65,6 @@ def _init_tiny(args) -> None:
     print(f"tiny policy written to {path}")
 
 
-def _library_ls(args) -> None:
-    from skill1.library import Encoder, SkillLibrary
-
-    cfg = _run_config(args.run, [])
-    enc = Encoder(cfg.library.encoder)
-    lib = SkillLibrary.open(str(Path(args.run) / "library"), enc.name, enc.dim)
-    rows = [{"tag": t, "version": v, "active_skills": lib.checkout(v).size()}
-            for t, v in sorted(lib.tags().items(), key=lambda kv: kv[1])]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        print(f"{r['tag']:>10}  version {r['version']:>4}  {r['active_skills']:>5} active skills")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skill1", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -94,12 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--out", default="runs/models/tiny-qwen2")
     mi.add_argument("--warm-start-steps", type=int, default=120, help="SFT steps on expert demos (0: random)")
     mi.set_defaults(fn=_init_tiny)
-    lib = sub.add_parser("library", help="inspect a run's skill library").add_subparsers(dest="lib_command",
-                                                                                         required=True)
-    ls = lib.add_parser("ls", help="snapshots (tags) with their sizes")
-    ls.add_argument("--run", required=True)
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(fn=_library_ls)
+    register_library(sub)
     return p
 
 
@@ -107,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except ConfigError as e:
+    except (ConfigError, CommandError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

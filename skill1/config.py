@@ -101,6 +101,7 @@ class LibraryConfig:
     merge_threshold: float = 0.95  # cosine above which a new skill merges into an old one [ours]
     max_skill_chars: int = 1000
     capacity: int = 5000
+    compact_every: int = 10  # compact the library (optimize, drop untagged old versions) every N iterations; 0 = never
 
     def validate(self) -> None:
         _check(self.top_k >= 1, "library.top_k", "must be >= 1")
@@ -111,6 +112,7 @@ class LibraryConfig:
         _check(-1 <= self.merge_threshold <= 1, "library.merge_threshold", "must be a cosine in [-1, 1]")
         _check(self.capacity >= 1, "library.capacity", "must be >= 1")
         _check(self.max_skill_chars >= 16, "library.max_skill_chars", "must be >= 16")
+        _check(self.compact_every >= 0, "library.compact_every", f"must be >= 0 (0 = never), got {self.compact_every}")
 
 
 @dataclass

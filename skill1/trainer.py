@@ -69,6 +69,9 @@ def update_library(library, encoder, episodes: list[Episode], iteration: int,
                              merge_threshold=cfg.library.merge_threshold, max_chars=cfg.library.max_skill_chars)
     retired = library.evict(cfg.library.capacity)
     version = library.tag(f"iter-{iteration}")
+    compacted = 0
+    if cfg.library.compact_every and iteration % cfg.library.compact_every == 0:
+        compacted = library.compact()
     skills = library.all_skills()
     return {
         "library/size": float(len(skills)),
@@ -79,6 +82,7 @@ def update_library(library, encoder, episodes: list[Episode], iteration: int,
         "library/retired": float(len(retired)),
         "library/skills_updated": float(len(outcomes)),
         "library/mean_utility": sum(s.utility for s in skills) / len(skills) if skills else 0.0,
+        "library/versions_compacted": float(compacted),
     }
 
 
