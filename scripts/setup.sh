@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install Skill1 with CPU torch. Idempotent; re-running is cheap.
+# SKILL1_EXTRAS picks the extras (default "dev"; the tests add "alfworld" for the real ALFWorld engine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,10 +10,12 @@ fi
 . .venv/bin/activate
 # pip prints a warning for every local index folder this machine lacks: keep the log readable
 quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
-if [ ! -f .venv/.skill1-installed ] || [ pyproject.toml -nt .venv/.skill1-installed ]; then
-  echo "Installing Skill1 into .venv (CPU torch; a few minutes the first time)..."
+EXTRAS=${SKILL1_EXTRAS:-dev}
+STAMP=.venv/.skill1-installed-${EXTRAS//,/-}
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+  echo "Installing Skill1[$EXTRAS] into .venv (CPU torch; a few minutes the first time)..."
   python -m pip install -q --upgrade pip 2>&1 | quiet
   python -m pip install -q -c constraints.txt "torch==2.13.0" 2>&1 | quiet
-  python -m pip install -q -c constraints.txt -e ".[dev]" 2>&1 | quiet
-  touch .venv/.skill1-installed
+  python -m pip install -q -c constraints.txt -e ".[$EXTRAS]" 2>&1 | quiet
+  touch "$STAMP"
 fi

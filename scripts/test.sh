@@ -2,7 +2,7 @@
 # Install (if needed) and run the test suite. Extra arguments go to pytest, e.g. `-m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+SKILL1_EXTRAS=${SKILL1_EXTRAS:-dev,alfworld} bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_SILENT=true
 set +e

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from skill1.config import ConfigError, load_config
+from skill1.envs.base import EnvDataError
 from skill1.library_cli import CommandError
 from skill1.library_cli import register as register_library
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, CommandError) as e:
+    except (ConfigError, CommandError, EnvDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -14,6 +14,13 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+ENV_NAMES = ("builtin", "alfworld", "webshop", "faulty")
+EVAL_SPLITS = {
+    "builtin": ("eval",),
+    "faulty": ("eval",),
+    "alfworld": ("eval_out_of_distribution", "eval_in_distribution"),
+    "webshop": ("eval", "validation"),
+}
 PRESETS = ("skill1", "no_selection_credit", "no_distillation_credit", "no_library", "grpo")
 
 
@@ -44,27 +51,54 @@ class ModelConfig:
 
 @dataclass
 class EnvConfig:
-    name: str = "builtin"  # builtin (alfworld | webshop: adapters in progress)
+    name: str = "builtin"  # builtin | alfworld | webshop  (faulty: the builtin env with an injected fault)
+    data_path: Optional[str] = None  # alfworld / webshop data root; else $ALFWORLD_DATA / $WEBSHOP_DATA
+    options: dict[str, Any] = field(default_factory=dict)  # extra environment constructor options
     max_steps: int = 10  # agent steps per episode (ALFWorld 50, WebShop 15)
     invalid_action_penalty: float = 0.1  # ALFWorld 0.1, WebShop 0.5
     history_length: int = 2  # observation/action pairs shown in the acting prompt
-    num_pools: int = 1
+    num_pools: int = 1  # env-pool actors; Ray spreads them over the cluster's nodes
     num_cpus_per_pool: float = 0.25
+    memory_per_pool_mb: int = 0  # Ray memory reservation per pool (0: none)
+    pool_scheduling: str = "SPREAD"  # SPREAD: pools over as many nodes as possible | DEFAULT: Ray packs them
+    pool_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {env_node: 1}
+    step_timeout_s: float = 60.0  # a reset/step slower than this counts as a hung environment
+    max_env_retries: int = 2  # re-queues of one episode after environment faults, then it is dropped
+    max_pool_restarts: int = 10  # per pool actor (a killed or crashed pool comes back empty)
+    eval_split: Optional[str] = None  # None: the env's first below (alfworld: valid_unseen, as verl-agent reports)
     eval_tasks: int = 24
 
     def validate(self) -> None:
-        # ALFWorld and WebShop adapters are issue 5; until they land the name is refused up front
-        _one_of(self.name, "env.name", ("builtin",))
+        _one_of(self.name, "env.name", ENV_NAMES)
         _check(self.max_steps >= 1, "env.max_steps", "must be >= 1")
         _check(self.invalid_action_penalty >= 0, "env.invalid_action_penalty", "must be >= 0")
         _check(self.history_length >= 0, "env.history_length", "must be >= 0")
         _check(self.num_pools >= 1, "env.num_pools", "must be >= 1")
+        _check(self.num_cpus_per_pool >= 0, "env.num_cpus_per_pool", "must be >= 0")
+        _check(self.memory_per_pool_mb >= 0, "env.memory_per_pool_mb", "must be >= 0")
+        _one_of(self.pool_scheduling, "env.pool_scheduling", ("SPREAD", "DEFAULT"))
+        for key, amount in self.pool_resources.items():
+            _check(isinstance(amount, (int, float)) and amount > 0, f"env.pool_resources.{key}", "must be a number > 0")
+        _check(self.step_timeout_s > 0, "env.step_timeout_s", "must be > 0")
+        _check(self.max_env_retries >= 0, "env.max_env_retries", "must be >= 0")
+        _check(self.max_pool_restarts >= -1, "env.max_pool_restarts", "must be >= 0 (or -1: unlimited)")
+        if self.eval_split is not None:
+            _one_of(self.eval_split, "env.eval_split", EVAL_SPLITS[self.name])
         _check(self.eval_tasks >= 1, "env.eval_tasks", "must be >= 1")
+
+    def resolved_eval_split(self) -> str:
+        return self.eval_split or EVAL_SPLITS[self.name][0]
+
+    def source_options(self) -> dict:
+        return {"data_root": self.data_path} if self.name in ("alfworld", "webshop") else {}
+
+    def env_options(self) -> dict:
+        return {**self.source_options(), **self.options}
 
 
 @dataclass
 class RolloutConfig:
-    backend: str = "hf"  # hf (transformers, CPU or GPU); vllm (GPU) arrives with issue 6
+    backend: str = "hf"  # hf (transformers, CPU or GPU); scripted (no model: plumbing tests); vllm: issue 6
     num_samplers: int = 1
     num_cpus_per_sampler: float = 0.5
     num_gpus_per_sampler: float = 0.0
@@ -78,7 +112,7 @@ class RolloutConfig:
     max_new_tokens_distill: int = 80
 
     def validate(self) -> None:
-        _one_of(self.backend, "rollout.backend", ("hf",))
+        _one_of(self.backend, "rollout.backend", ("hf", "scripted"))
         _check(self.num_samplers >= 1, "rollout.num_samplers", "must be >= 1")
         _check(self.temperature > 0, "rollout.temperature", "must be > 0 for training")
         _check(self.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0 = greedy)")

@@ -17,7 +17,7 @@ from skill1.envs.registry import make_task_source
 from skill1.rollout.worker import RolloutRequest
 from skill1.runtime import init_ray, start_fleet
 from skill1.agent.episode import EpisodeSettings
-from skill1.trainer import retrieval_settings
+from skill1.trainer import fault_policy, retrieval_settings
 
 
 def pick_library_version(library, tag: str | None) -> int | None:
@@ -44,20 +44,27 @@ def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str 
 
         encoder = Encoder(cfg.library.encoder)
         version = pick_library_version(SkillLibrary.open(str(library_path), encoder.name, encoder.dim), library_tag)
+    split = cfg.env.resolved_eval_split()
+    tasks = make_task_source(cfg.env.name, **cfg.env.source_options()).sample(split, cfg.env.eval_tasks,
+                                                                              seed=cfg.algorithm.seed)
     fleet = start_fleet(cfg, checkpoint, str(library_path), with_learner=False)
-    tasks = make_task_source(cfg.env.name).sample("eval", cfg.env.eval_tasks, seed=cfg.algorithm.seed)
     try:
         episodes = ray.get(fleet.worker.run.remote(RolloutRequest(
             tasks, [t.task_id for t in tasks], [f"eval-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(tasks))],
             EpisodeSettings.from_config(cfg, training=False), retrieval_settings(cfg, training=False),
-            cfg.rollout.eval_temperature, 1.0, version, 0)))
+            cfg.rollout.eval_temperature, 1.0, version, 0, fault_policy(cfg))))
     finally:
         fleet.shutdown()
+    failed = sum(e.env_failed for e in episodes)
+    episodes = [e for e in episodes if not e.env_failed]  # the environment's failure, not the policy's
+    if not episodes:
+        raise RuntimeError(f"evaluation: all {failed} episodes failed in the environment (see the pool logs)")
     by_family: dict[str, list[float]] = defaultdict(list)
     for ep in episodes:
         by_family[ep.task.family].append(float(ep.success))
     report = {
-        "checkpoint": checkpoint, "library_version": version, "episodes": len(episodes),
+        "checkpoint": checkpoint, "library_version": version, "split": split, "episodes": len(episodes),
+        "env_failed_episodes": failed,
         "success": sum(float(e.success) for e in episodes) / len(episodes),
         "success_by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())},
         "episodes_by_family": {f: len(v) for f, v in sorted(by_family.items())},

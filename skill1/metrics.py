@@ -19,6 +19,18 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
+def fault_metrics(episodes: Sequence[Episode], stats) -> dict[str, float]:
+    """Environment faults of one rollout: what was re-queued, restarted, or given up on."""
+    return {
+        "env/failed_episodes": float(sum(e.env_failed for e in episodes)),
+        "env/requeued": float(stats.requeued),
+        "env/faults": float(stats.env_faults),
+        "env/pool_restarts": float(stats.pool_restarts),
+        "env/calls": float(stats.env_calls),
+        "rollout/generate_calls": float(stats.generate_calls),
+    }
+
+
 def episode_metrics(episodes: Sequence[Episode], credits: Sequence[EpisodeCredit] | None = None) -> dict[str, float]:
     m: dict[str, float] = {
         "rollout/reward": _mean(e.outcome for e in episodes),

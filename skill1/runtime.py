@@ -60,10 +60,20 @@ class Fleet:
             ray.kill(actor)
 
 
+def start_env_pools(cfg: Skill1Config) -> list:
+    """`env.num_pools` pool actors; SPREAD puts them on as many nodes as the cluster has (scale-out by config)."""
+    e = cfg.env
+    # no max_task_retries: a call to a dead pool fails fast and the worker re-queues its episodes
+    pool_opts = {"num_cpus": e.num_cpus_per_pool, "max_restarts": e.max_pool_restarts,
+                 "scheduling_strategy": e.pool_scheduling, "resources": dict(e.pool_resources),
+                 **({"memory": e.memory_per_pool_mb * 2**20} if e.memory_per_pool_mb else {})}
+    return [ray.remote(EnvPool).options(name=f"{cfg.name}:env-pool-{i}", **pool_opts)
+            .remote(e.name, e.max_steps, e.env_options()) for i in range(e.num_pools)]
+
+
 def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, with_learner: bool) -> Fleet:
-    r, e, lc = cfg.rollout, cfg.env, cfg.learner
-    pools = [ray.remote(EnvPool).options(name=f"{cfg.name}:env-pool-{i}", num_cpus=e.num_cpus_per_pool)
-             .remote(e.name, e.max_steps) for i in range(e.num_pools)]
+    r, lc = cfg.rollout, cfg.learner
+    pools = start_env_pools(cfg)
     samplers = [ray.remote(SamplerHost).options(name=f"{cfg.name}:sampler-{i}", num_cpus=r.num_cpus_per_sampler,
                                                 num_gpus=r.num_gpus_per_sampler,
                                                 runtime_env=_threads(r.torch_threads))

@@ -27,9 +27,9 @@ from skill1.algo.batch import credit_inputs, episodes_to_samples
 from skill1.config import Skill1Config, save_config
 from skill1.envs.registry import make_task_source
 from skill1.library.retrieval import RetrievalSettings
-from skill1.metrics import MetricsLogger, episode_metrics
+from skill1.metrics import MetricsLogger, episode_metrics, fault_metrics
 from skill1.models.provision import ensure_policy
-from skill1.rollout.worker import RolloutRequest
+from skill1.rollout.worker import EnvFaultPolicy, RolloutRequest
 from skill1.runtime import init_ray, start_fleet
 from skill1.types import Episode
 
@@ -43,6 +43,10 @@ class TrainResult:
     library_tags: dict[str, int]
     wandb_dir: str | None
     final_metrics: dict
+
+
+def fault_policy(cfg: Skill1Config) -> EnvFaultPolicy:
+    return EnvFaultPolicy(cfg.env.step_timeout_s, cfg.env.max_env_retries)
 
 
 def retrieval_settings(cfg: Skill1Config, training: bool) -> RetrievalSettings:
@@ -111,6 +115,8 @@ def make_batch(cfg: Skill1Config, iteration: int, task_source) -> tuple[list, li
 
 
 def train(cfg: Skill1Config) -> TrainResult:
+    # before anything starts: missing benchmark data is one clear error, not a crash inside an actor
+    task_source, a = make_task_source(cfg.env.name, **cfg.env.source_options()), cfg.algorithm.effective()
     cfg.check_run_dir_free()
     run_dir = cfg.run_dir
     shutil.rmtree(run_dir, ignore_errors=True)  # only reached when empty or overwrite=true
@@ -126,7 +132,6 @@ def train(cfg: Skill1Config) -> TrainResult:
     encoder = Encoder(cfg.library.encoder)
     library = SkillLibrary.open(str(run_dir / "library"), encoder.name, encoder.dim)
     fleet = start_fleet(cfg, model_path, str(run_dir / "library"), with_learner=True)
-    task_source, a = make_task_source(cfg.env.name), cfg.algorithm.effective()
     settings, retrieval = EpisodeSettings.from_config(cfg, training=True), retrieval_settings(cfg, training=True)
     policy_version, metrics = 0, {}
     bar = tqdm(range(1, a.iterations + 1), desc="skill1 train", unit="it", disable=not cfg.logging.progress)
@@ -135,12 +140,16 @@ def train(cfg: Skill1Config) -> TrainResult:
             t0 = time.perf_counter()
             tasks, groups, ids = make_batch(cfg, it, task_source)
             pinned = library.version if a.use_library and library.size() > 0 else None
-            episodes = ray.get(fleet.worker.run.remote(RolloutRequest(
+            all_episodes = ray.get(fleet.worker.run.remote(RolloutRequest(
                 tasks, groups, ids, settings, retrieval, cfg.rollout.temperature, cfg.rollout.top_p,
-                pinned, policy_version)))
+                pinned, policy_version, fault_policy(cfg))))
+            rollout_stats = ray.get(fleet.worker.stats.remote())
             t1 = time.perf_counter()
+            # episodes whose environment kept failing are not the policy's doing: not scored, not learned from
+            episodes = [e for e in all_episodes if not e.env_failed]
             credits = compute_credit(episodes, cfg)
-            learner_metrics = ray.get(fleet.learner.update.remote(episodes_to_samples(episodes, credits)))
+            learner_metrics = (ray.get(fleet.learner.update.remote(episodes_to_samples(episodes, credits)))
+                               if episodes else {})
             t2 = time.perf_counter()
             packet = fleet.learner.get_weights.remote()
             versions = ray.get([s.load_weights.remote(packet) for s in fleet.samplers])
@@ -151,6 +160,7 @@ def train(cfg: Skill1Config) -> TrainResult:
             lib_metrics = update_library(library, encoder, episodes, it, cfg)
             t4 = time.perf_counter()
             metrics = {**episode_metrics(episodes, credits), **learner_metrics, **lib_metrics,
+                       **fault_metrics(all_episodes, rollout_stats),
                        "policy/version": float(policy_version),
                        "time/rollout_s": t1 - t0, "time/learner_s": t2 - t1, "time/sync_s": t3 - t2,
                        "time/library_s": t4 - t3, "time/iteration_s": t4 - t0,

@@ -103,7 +103,8 @@ class Episode:
     parse_errors: dict[str, int] = field(default_factory=dict)  # "act/inadmissible" -> count
     library_version: int = 0
     policy_version: int = 0
-    env_failed: bool = False  # environment broke: re-queue, do not score
+    env_failed: bool = False  # the environment kept failing: left out of training, never scored 0
+    env_restarts: int = 0  # times this episode was re-queued after an environment fault
 
     def tokens_generated(self) -> int:
         return sum(len(s.response_ids) for s in self.segments)

@@ -48,3 +48,14 @@ def test_parse_skill():
     assert parse_skill("<scenario> </scenario><strategy>x</strategy>", 100) == (None, "empty_scenario")
     assert parse_skill("<scenario>a</scenario><strategy>b</strategy><scenario>c</scenario>", 100) == (None, "extra_tags")
     assert parse_skill("<scenario>a</scenario><strategy>" + "b" * 101 + "</strategy>", 100) == (None, "too_long")
+
+
+def test_template_action_accepts_any_nonempty_argument():
+    admissible = ["search[<query>]", "click[back to search]"]
+    assert parse_action("<think>t</think><action>search[ red  shoes ]</action>", admissible) == ("search[ red shoes ]", None)
+    assert parse_action("<think>t</think><action>Click[Back to Search]</action>", admissible) == ("click[back to search]", None)
+    assert parse_action("<think>t</think><action>search[]</action>", admissible) == (None, "inadmissible")
+    assert parse_action("<think>t</think><action>search[<query>]</action>", admissible)[0] == "search[<query>]"
+    assert parse_action("<think>t</think><action>buy[x]</action>", admissible) == (None, "inadmissible")
+    # without the template listed, a search is just an inadmissible action
+    assert parse_action("<think>t</think><action>search[shoes]</action>", ["click[x]"]) == (None, "inadmissible")

@@ -18,6 +18,9 @@ def _tagged(text: str, tag: str) -> list[str]:
     return re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL)
 
 
+ACTION_TEMPLATE = re.compile(r"^(\w+)\[<[^>]*>\]$")  # `verb[<what>]`: a free-text argument
+
+
 def normalise_action(text: str) -> str:
     return " ".join(text.strip().lower().split())
 
@@ -57,10 +60,17 @@ def parse_action(text: str, admissible: Sequence[str]) -> tuple[str | None, str 
     if len(found) != 1:
         return None, "missing_tag" if not found else "extra_tags"
     action = normalise_action(found[0])
-    by_norm = {normalise_action(a): a for a in admissible}
-    if action not in by_norm:
-        return None, "inadmissible"
-    return by_norm[action], None
+    by_norm = {normalise_action(a): a for a in admissible if not ACTION_TEMPLATE.match(a)}
+    if action in by_norm:
+        return by_norm[action], None
+    # a free-text action is listed as a template, e.g. WebShop's `search[<query>]`: any non-empty argument
+    written = " ".join(found[0].split())
+    for a in admissible:
+        template = ACTION_TEMPLATE.match(a)
+        if template and action.startswith(template.group(1).lower() + "[") and action.endswith("]") \
+                and written[len(template.group(1)) + 1:-1].strip():
+            return written, None
+    return None, "inadmissible"
 
 
 def parse_skill(text: str, max_chars: int) -> tuple[SkillDraft | None, str | None]:

@@ -8,6 +8,10 @@ from typing import Protocol
 from skill1.types import Task
 
 
+class EnvDataError(RuntimeError):
+    """Benchmark data (ALFWorld games, WebShop products) is missing or malformed; one line says how to fix it."""
+
+
 @dataclass
 class StepResult:
     observation: str

@@ -121,4 +121,8 @@ def make_sampler(backend: str, model_path: str, dtype: str, seed: int, device: s
     if backend == "hf":
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return HFSampler(model_path, dtype=dtype, device=dev, seed=seed)
-    raise ValueError(f"rollout.backend: unknown sampler backend {backend!r} (available: 'hf')")
+    if backend == "scripted":
+        from skill1.rollout.scripted import ScriptedSampler
+
+        return ScriptedSampler(model_path, seed=seed)
+    raise ValueError(f"rollout.backend: unknown sampler backend {backend!r} (available: 'hf', 'scripted')")

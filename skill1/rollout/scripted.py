@@ -1,0 +1,56 @@
+"""ScriptedSampler: a `Sampler` without a model, for exercising the plumbing (pools, workers, fault handling).
+
+It reads the rendered prompt back, recognises which of the four generations is asked for, and answers
+with a well-formed response: the task text as the query, candidate 1, a seeded random admissible action
+(a `verb[<...>]` template gets the task text), a fixed skill. Log-probs are 0. Selected with
+`rollout.backend: scripted`; it learns nothing, so runs with it measure throughput, not learning.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from skill1.agent.episode import Generated
+from skill1.types import WeightsPacket
+
+_ACTIONS = re.compile(r"admissible actions of the current situation are: \[(.*)\]\.", re.S)
+_TASK = re.compile(r"Your task is to: (.*)")
+_TEMPLATE = re.compile(r"^(\w+)\[<[^>]*>\]$")
+
+
+class ScriptedSampler:
+    def __init__(self, model_path: str, seed: int = 0):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.rng = random.Random(seed)
+        self.version = 0
+
+    def load_weights(self, packet: WeightsPacket) -> None:
+        self.version = packet.version
+
+    def generate(self, prompts: list[list[int]], params) -> list[Generated]:
+        out = []
+        for p in prompts:
+            text = self._answer(self.tokenizer.decode(p, skip_special_tokens=True))
+            ids = self.tokenizer.encode(text, add_special_tokens=False)[: params.max_new_tokens]
+            out.append(Generated(ids, [0.0] * len(ids), self.tokenizer.decode(ids)))
+        return out
+
+    def _answer(self, prompt: str) -> str:
+        task_match = _TASK.search(prompt)
+        task = task_match.group(1).strip() if task_match else "the task"
+        if "<query>" in prompt:
+            return f"<query>{task}</query>"
+        if "<choice>" in prompt:
+            return "<choice>1</choice>"
+        found = _ACTIONS.search(prompt)
+        if found:
+            actions = re.findall(r"'(.*?)'(?:, |$)", found.group(1))
+            action = self.rng.choice(actions) if actions else "look"
+            template = _TEMPLATE.match(action)
+            if template:
+                action = f"{template.group(1)}[{task}]"
+            return f"<think>scripted</think><action>{action}</action>"
+        return "<scenario>a scripted scenario</scenario><strategy>a scripted strategy</strategy>"
