@@ -54,6 +54,7 @@ class EnvConfig:
     name: str = "builtin"  # builtin | alfworld | webshop  (faulty: the builtin env with an injected fault)
     data_path: Optional[str] = None  # alfworld / webshop data root; else $ALFWORLD_DATA / $WEBSHOP_DATA
     options: dict[str, Any] = field(default_factory=dict)  # extra environment constructor options
+    task_options: dict[str, Any] = field(default_factory=dict)  # extra task-source options (webshop: eval_size)
     max_steps: int = 10  # agent steps per episode (ALFWorld 50, WebShop 15)
     invalid_action_penalty: float = 0.1  # ALFWorld 0.1, WebShop 0.5
     history_length: int = 2  # observation/action pairs shown in the acting prompt
@@ -89,11 +90,14 @@ class EnvConfig:
     def resolved_eval_split(self) -> str:
         return self.eval_split or EVAL_SPLITS[self.name][0]
 
-    def source_options(self) -> dict:
+    def data_options(self) -> dict:
         return {"data_root": self.data_path} if self.name in ("alfworld", "webshop") else {}
 
+    def source_options(self) -> dict:
+        return {**self.data_options(), **self.task_options}
+
     def env_options(self) -> dict:
-        return {**self.source_options(), **self.options}
+        return {**self.data_options(), **self.options}
 
 
 @dataclass

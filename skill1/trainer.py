@@ -105,8 +105,9 @@ def make_batch(cfg: Skill1Config, iteration: int, task_source) -> tuple[list, li
     a = cfg.algorithm
     tasks = task_source.sample("train", a.tasks_per_iteration, seed=a.seed * 1_000_003 + iteration)
     expanded, groups, ids = [], [], []
-    for t in tasks:
-        group = f"{iteration}:{t.task_id}"
+    for k, t in enumerate(tasks):
+        # the index keeps groups apart when a small split repeats a task within one batch
+        group = f"{iteration}:{k}:{t.task_id}"
         for g in range(a.group_size):
             expanded.append(t)
             groups.append(group)

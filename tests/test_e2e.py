@@ -4,6 +4,7 @@ evaluate the checkpoint; a garbage-emitting policy does not crash the run; confi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,18 @@ def test_bad_config_fails_in_one_line_before_anything_starts(tmp_path):
     assert not any(tmp_path.iterdir())  # no run dir, no Ray, no model
 
 
+@pytest.mark.parametrize("env", ["alfworld", "webshop"])
+def test_missing_benchmark_data_fails_in_one_line_before_anything_starts(tmp_path, env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("ALFWORLD_DATA", "WEBSHOP_DATA")}
+    proc = subprocess.run([sys.executable, "-m", "skill1.cli", "train", f"output_dir={tmp_path / 'runs'}",
+                           f"env.name={env}", f"env.data_path={tmp_path / 'nothing-here'}"],
+                          capture_output=True, text=True, timeout=120, env=environ)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nothing-here" in lines[0], lines
+    assert not (tmp_path / "runs").exists()  # no run dir, no Ray, no model
+
+
 def test_analysis_notebook_runs_on_the_trained_run(trained, monkeypatch, capsys):
     """Execute the notebook's code cells (as a kernel would, in order) against the run above."""
     _, result = trained
@@ -127,3 +140,28 @@ def test_analysis_notebook_runs_on_the_trained_run(trained, monkeypatch, capsys)
     assert [row[0] for row in namespace["evolution"]] == ["iter-1", "iter-2"]
     out = capsys.readouterr().out
     assert "iter-2" in out and "reward" in out
+
+
+def test_train_and_eval_on_the_webshop_fixture_with_its_conventions(warm_model, tmp_path, local_ray):
+    """The real pipeline on WebShop's format-true fixture: score reward, penalty 0.5, eval on goals[:eval_size]."""
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "webshop"))
+    from make_fixture import write_fixture
+
+    from skill1.evaluate import evaluate
+    from skill1.trainer import train
+
+    shop = write_fixture(tmp_path / "webshop")
+    cfg = load_config(ROOT / "pipelines/configs/webshop.yaml", [
+        f"output_dir={tmp_path / 'runs'}", f"model.path={warm_model}", "model.dtype=float32",
+        f"env.data_path={shop}", "env.task_options.eval_size=8", "env.task_options.validation_size=8",
+        "env.num_pools=1", "env.num_cpus_per_pool=0.25", "env.memory_per_pool_mb=0", "algorithm.iterations=1",
+        "save_every=0", "learner.lr=1e-4", "logging.wandb_mode=disabled", *FAST, "env.max_steps=3",
+        "rollout.max_new_tokens_act=24", "rollout.max_new_tokens_distill=40", "env.eval_tasks=8"])
+    assert cfg.env.invalid_action_penalty == 0.5
+    result = train(cfg)
+    m = result.final_metrics
+    assert m["env/failed_episodes"] == 0.0 and 0.0 <= m["rollout/reward"] <= 1.0
+    families = {k.rsplit("/", 1)[1] for k in m if k.startswith("rollout/success/")}
+    assert families and families <= {"beauty", "electronics", "fashion", "food", "garden"}
+    report = evaluate(cfg)
+    assert report["split"] == "eval" and report["episodes"] == 8 and report["env_failed_episodes"] == 0

@@ -62,21 +62,22 @@ def ray_local():
 
 
 def _run(ray, tokenizer_dir, env_options: dict, n: int = 8, pools: int = 2, timeout_s: float = 60.0,
-         retries: int = 2, during=None, max_steps: int = 6):
+         retries: int = 2, during=None, max_steps: int = 6, env: str = "faulty", tasks=None):
     from skill1.agent.episode import EpisodeSettings
     from skill1.envs.pool import EnvPool
     from skill1.library.retrieval import RetrievalSettings
     from skill1.rollout.worker import EnvFaultPolicy, RolloutRequest, RolloutWorker
     from skill1.runtime import SamplerHost
 
-    pool_actors = [ray.remote(EnvPool).options(num_cpus=0, max_restarts=5).remote("faulty", max_steps, env_options)
+    pool_actors = [ray.remote(EnvPool).options(num_cpus=0, max_restarts=5).remote(env, max_steps, env_options)
                    for _ in range(pools)]
     sampler = ray.remote(SamplerHost).options(num_cpus=0).remote("scripted", tokenizer_dir, "float32", 0)
     worker = ray.remote(RolloutWorker).options(num_cpus=0).remote(tokenizer_dir, [sampler], pool_actors, None, "")
     settings = EpisodeSettings(use_library=False, enable_query_generation=False, enable_rerank=False,
                                enable_distillation=True, max_steps=max_steps, history_length=1,
                                max_skill_chars=200, max_new_tokens={s: 64 for s in __import__("skill1.types").types.Stage})
-    tasks = _tasks(n)
+    tasks = tasks if tasks is not None else _tasks(n)
+    n = len(tasks)
     req = RolloutRequest(tasks, [t.task_id for t in tasks], [f"e{i}" for i in range(n)], settings,
                          RetrievalSettings(3, 16, 0.0, 0.0), 1.0, 1.0, None, 0, EnvFaultPolicy(timeout_s, retries))
     ref = worker.run.remote(req)
@@ -139,3 +140,30 @@ def test_run_continues_when_a_pool_process_is_killed_by_pid(ray_local, small_mod
     assert len(episodes) == 6 and not any(e.env_failed for e in episodes)
     assert stats.pool_restarts == 1 and stats.requeued >= 1
     assert any(e.env_restarts for e in episodes)
+
+
+@pytest.mark.slow
+def test_alfworld_and_webshop_fixtures_run_through_pools_and_worker(ray_local, small_model_dir, tmp_path):
+    """The benchmark adapters inside real pool actors, driven by the worker (scripted policy: random valid
+    actions, `search[<query>]` filled with the task text)."""
+    import sys
+
+    from skill1.envs.alfworld import AlfworldTaskSource
+    from skill1.envs.webshop import WebshopTaskSource
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "fixtures" / "alfworld"))
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "fixtures" / "webshop"))
+    from make_fixture import write_fixture
+    from make_games import make_games
+
+    make_games(tmp_path / "alfworld")
+    shop = write_fixture(tmp_path / "webshop")
+    cases = [("alfworld", str(tmp_path / "alfworld"), AlfworldTaskSource(str(tmp_path / "alfworld")), 8),
+             ("webshop", str(shop), WebshopTaskSource(str(shop), eval_size=10, validation_size=10), 5)]
+    for env, root, source, max_steps in cases:
+        tasks = source.sample("train", 4, seed=0)
+        episodes, stats, _ = _run(ray_local, small_model_dir, {"data_root": root}, env=env, tasks=tasks,
+                                  max_steps=max_steps)
+        assert len(episodes) == 4 and not any(e.env_failed for e in episodes), stats.fault_log
+        assert stats.env_faults == 0 and all(e.num_steps >= 1 for e in episodes)
+        assert all(e.task.env == env and 0.0 <= e.outcome <= 1.0 for e in episodes)

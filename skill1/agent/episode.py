@@ -115,7 +115,7 @@ def run_episode(
     while not step.done and num_steps < s.max_steps:
         prompt = prompts.act_prompt(tokenizer, task.description, step.observation, step.admissible_actions,
                                     history[-s.history_length:] if s.history_length else [],
-                                    chosen.strategy if chosen else None, num_steps)
+                                    chosen.strategy if chosen else None, num_steps, env=task.env)
         seg = yield from generate(Stage.ACT, prompt)
         action, reason = parsing.parse_action(seg.text, step.admissible_actions)
         invalid(seg, reason)

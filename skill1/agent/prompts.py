@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from skill1.types import Candidate
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"  # v2: the acting prompt opens with the environment, as verl-agent's
 
 QUERY = (
     "Your task is to: {task}\n"
@@ -24,8 +24,15 @@ RERANK = (
     "Pick the skill that best helps with this task. Answer with its number as <choice>N</choice>."
 )
 
+# verl-agent's openings for its environments; the built-in env keeps the generic one
+ENV_INTROS = {
+    "alfworld": "You are an expert agent operating in the ALFRED Embodied Environment.",
+    "webshop": "You are an expert autonomous agent operating in the WebShop e-commerce platform.",
+}
+DEFAULT_INTRO = "You are an expert agent operating in a text environment."
+
 ACT = (
-    "You are an expert agent operating in a text environment.\n"
+    "{intro}\n"
     "Your task is to: {task}\n"
     "{skill}"
     "{history}"
@@ -69,13 +76,14 @@ def act_prompt(
     history: Sequence[tuple[str, str]],
     strategy: str | None,
     steps_taken: int,
+    env: str = "",
 ) -> list[int]:
     skill = f"Skill to follow: {strategy}\n" if strategy else ""
     hist = ""
     if history:
         pairs = " ".join(f"[Observation: {o} Action: {a}]" for o, a in history)
         hist = f"You have taken {steps_taken} step(s). Your most recent steps: {pairs}\n"
-    return _chat(tokenizer, ACT.format(task=task, skill=skill, history=hist, observation=observation,
+    return _chat(tokenizer, ACT.format(intro=ENV_INTROS.get(env, DEFAULT_INTRO), task=task, skill=skill, history=hist, observation=observation,
                                        actions=", ".join(f"'{a}'" for a in admissible)))
 
 
