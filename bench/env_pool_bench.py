@@ -14,6 +14,8 @@ measure the engine and the pool, not benchmark results.
 
 Memory per environment = (pool RSS with `--per-pool` live environments − RSS of the empty pool) / live envs;
 for WebShop that excludes the product index, which every pool loads once and its environments share.
+The last column is CPU-seconds per wall-second of the driver and of all pool actors (1.00 = one core busy), for 1
+and for 2 pools: where the two together already fill the machine's cores, a second pool cannot add steps/s.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import psutil  # noqa: E402
 import ray  # noqa: E402
 
 from skill1.envs.base import StepResult  # noqa: E402
@@ -139,8 +142,14 @@ def measure(work: Workload, n_pools: int, per_pool: int, seconds: float) -> dict
     pools = [ray.remote(EnvPool).options(num_cpus=1).remote(work.name, work.max_steps, work.options)
              for _ in range(n_pools)]
     empty_rss = ray.get([p.stats.remote() for p in pools])
+    procs = [psutil.Process(pid) for pid in ray.get([p.pid.remote() for p in pools])]
+    pool_cpu0 = sum(sum(pr.cpu_times()[:2]) for pr in procs)
+    driver_cpu0 = time.process_time()
     driver = Driver(work, pools, per_pool)
     wall = driver.run(seconds)
+    # where the time goes: CPU-seconds per wall-second of the driver and of all pools (1.0 = one core busy)
+    driver_cpu = (time.process_time() - driver_cpu0) / wall
+    pool_cpu = (sum(sum(pr.cpu_times()[:2]) for pr in procs) - pool_cpu0) / wall
     stats = ray.get([p.stats.remote() for p in pools])
     for p in pools:
         ray.kill(p)
@@ -150,6 +159,7 @@ def measure(work: Workload, n_pools: int, per_pool: int, seconds: float) -> dict
         "step_p50_ms": max(s.step_p50_ms for s in stats), "step_p99_ms": max(s.step_p99_ms for s in stats),
         "reset_p50_ms": max(s.reset_p50_ms for s in stats), "mem_per_env_mb": sum(mem) / len(mem) / 2**20,
         "pool_rss_mb": max(s.rss_bytes for s in stats) / 2**20,
+        "driver_cpu": driver_cpu, "pool_cpu": pool_cpu,
     }
 
 
@@ -173,14 +183,16 @@ def main() -> None:
             rows.append((work, one, two))
     print(f"\n{os.cpu_count()} CPUs; {args.per_pool} live episodes per pool; {args.seconds:.0f} s per measurement\n")
     head = (f"{'env':<10}{'data':<9}{'steps/s 1 pool':>15}{'2 pools':>10}{'ratio':>8}{'step p50 ms':>13}"
-            f"{'p99 ms':>9}{'reset p50 ms':>14}{'MB/env':>9}{'pool RSS MB':>13}{'failures':>10}")
+            f"{'p99 ms':>9}{'reset p50 ms':>14}{'MB/env':>9}{'pool RSS MB':>13}{'failures':>10}"
+            f"{'cores: driver+pools 1|2':>25}")
     print(head)
     print("-" * len(head))
     for work, one, two in rows:
         print(f"{work.name:<10}{work.label:<9}{one['steps_s']:>15.0f}{two['steps_s']:>10.0f}"
               f"{two['steps_s'] / max(one['steps_s'], 1e-9):>7.2f}x{two['step_p50_ms']:>13.2f}"
               f"{two['step_p99_ms']:>9.2f}{two['reset_p50_ms']:>14.2f}{one['mem_per_env_mb']:>9.2f}"
-              f"{one['pool_rss_mb']:>13.0f}{one['failures'] + two['failures']:>10}")
+              f"{one['pool_rss_mb']:>13.0f}{one['failures'] + two['failures']:>10}"
+              f"{one['driver_cpu']:>12.2f}+{one['pool_cpu']:.2f} | {two['driver_cpu']:.2f}+{two['pool_cpu']:.2f}")
     ray.shutdown()
 
 

@@ -41,7 +41,7 @@ class AlfworldDataError(EnvDataError):
 
 def _missing(where: object) -> AlfworldDataError:
     return AlfworldDataError(
-        f"no ALFWorld games found at {where}; get them with `pip install alfworld[full]` and `alfworld-download` "
+        f"no ALFWorld games found at {where}; get them with `pip install -e \".[alfworld]\"` and `alfworld-download` "
         f"(ALFWORLD_DATA=~/.cache/alfworld), then set env.data_path or ALFWORLD_DATA")
 
 
