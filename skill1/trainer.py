@@ -1,19 +1,21 @@
-"""The Skill1 training loop (synchronous; the asynchronous actor-learner is issue 6).
+"""The Skill1 training loop: set-up, the synchronous loop, and what both loops share.
 
-    for iteration k:
+Synchronous (`rollout.mode: sync`), for iteration k:
         pin library version (tag iter-{k-1}) and policy version w
         rollout   B tasks x G episodes: select → utilize → distill            (RolloutWorker, samplers, pools)
         credit    GRPO advantage + trend (selection) + variation (distillation)          (pure, algo/)
         learn     PPO-clip + KL on the generated tokens                                  (Learner)
         sync      one weights packet learner → every sampler                               (object store)
         library   utilities (one batched write), admit new skills, evict, tag iter-{k}       (driver only)
+
+Asynchronous (`rollout.mode: async`, the default): the same steps overlapped, with bounded staleness; see
+`skill1.async_trainer`. With `rollout.max_staleness: 0` it reproduces the synchronous loop exactly.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,18 +103,118 @@ def compute_credit(episodes: list[Episode], cfg: Skill1Config) -> list:
         singleton_group=a.singleton_group_advantage)
 
 
+B_SEED = 1_000_003
+
+
+class TaskPlan:
+    """Which task each rollout group plays, by group number: groups b*B .. b*B+B-1 play the B tasks of
+    batch b+1, drawn with the iteration seed the synchronous loop has always used. Both loops name groups
+    and episodes from here, so a run's ids do not depend on the schedule that produced them."""
+
+    def __init__(self, cfg: Skill1Config, task_source):
+        self.cfg, self.source, self._batches = cfg, task_source, {}
+
+    def task(self, seq: int):
+        a = self.cfg.algorithm
+        batch = seq // a.tasks_per_iteration + 1
+        if batch not in self._batches:
+            self._batches = {batch: self.source.sample("train", a.tasks_per_iteration, seed=a.seed * B_SEED + batch)}
+        return self._batches[batch][seq % a.tasks_per_iteration]
+
+    def group(self, seq: int) -> tuple[list, list[str], list[str]]:
+        """(tasks, group ids, episode ids) of group `seq`: G copies of one task."""
+        task, g = self.task(seq), self.cfg.algorithm.group_size
+        return [task] * g, [f"{seq}:{task.task_id}"] * g, [f"g{seq}-{j}" for j in range(g)]
+
+
 def make_batch(cfg: Skill1Config, iteration: int, task_source) -> tuple[list, list[str], list[str]]:
-    a = cfg.algorithm
-    tasks = task_source.sample("train", a.tasks_per_iteration, seed=a.seed * 1_000_003 + iteration)
-    expanded, groups, ids = [], [], []
-    for k, t in enumerate(tasks):
-        # the index keeps groups apart when a small split repeats a task within one batch
-        group = f"{iteration}:{k}:{t.task_id}"
-        for g in range(a.group_size):
-            expanded.append(t)
-            groups.append(group)
-            ids.append(f"it{iteration}-{uuid.uuid4().hex[:8]}-{g}")
-    return expanded, groups, ids
+    """The B groups of one synchronous iteration (1-based), concatenated in group order."""
+    plan, b = TaskPlan(cfg, task_source), cfg.algorithm.tasks_per_iteration
+    tasks, groups, ids = [], [], []
+    for seq in range((iteration - 1) * b, iteration * b):
+        t, g, i = plan.group(seq)
+        tasks += t
+        groups += g
+        ids += i
+    return tasks, groups, ids
+
+
+@dataclass
+class TrainContext:
+    """Everything a training loop drives; built once by `train`."""
+
+    cfg: Skill1Config
+    run_dir: Path
+    task_source: object
+    logger: MetricsLogger
+    encoder: object
+    library: object
+    fleet: object
+    settings: EpisodeSettings
+    retrieval: RetrievalSettings
+
+    def pinned_library(self) -> int | None:
+        return self.library.version if self.cfg.algorithm.effective().use_library and self.library.size() > 0 else None
+
+    def sync_weights(self) -> int:
+        """Learner -> every sampler, one packet, one call each; returns the version they all hold."""
+        packet = self.fleet.learner.get_weights.remote()
+        versions = ray.get([s.load_weights.remote(packet) for s in self.fleet.samplers])
+        if len(set(versions)) != 1:
+            raise RuntimeError(f"samplers disagree on the weights version after a sync: {versions}")
+        return versions[0]
+
+    def report(self, it: int, metrics: dict, step_s: float, bar) -> None:
+        self.logger.log(metrics, step=it)
+        bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", success=f"{metrics['rollout/success']:.2f}",
+                        library=int(metrics["library/size"]), step_s=f"{step_s:.1f}")
+        tqdm.write(f"iter {it}: reward {metrics['rollout/reward']:.3f}  success {metrics['rollout/success']:.3f}  "
+                   f"valid actions {metrics.get('act/valid_rate', 0):.2f}  library {int(metrics['library/size'])}  "
+                   f"step {step_s:.1f}s")
+        if self.cfg.save_every and it % self.cfg.save_every == 0 and it < self.cfg.algorithm.iterations:
+            ray.get(self.fleet.learner.save.remote(str(self.run_dir / "checkpoints" / f"iter-{it}")))
+
+
+def busy_fractions(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Share of `wall` each sampler / pool had a call in flight: where rollout time went."""
+    out: dict[str, list[float]] = {}
+    for name, total in after.items():
+        out.setdefault(name.split("-")[0], []).append((total - before.get(name, 0.0)) / max(wall, 1e-9))
+    return {f"time/{kind}_busy": sum(v) / len(v) for kind, v in out.items()}
+
+
+def run_sync(ctx: TrainContext, bar) -> dict:
+    """rollout -> credit -> learn -> sync -> library, one after another: the reference algorithm."""
+    cfg, fleet, metrics = ctx.cfg, ctx.fleet, {}
+    policy_version, busy = 0, {}
+    for it in bar:
+        t0 = time.perf_counter()
+        tasks, groups, ids = make_batch(cfg, it, ctx.task_source)
+        all_episodes = ray.get(fleet.worker.run.remote(RolloutRequest(
+            tasks, groups, ids, ctx.settings, ctx.retrieval, cfg.rollout.temperature, cfg.rollout.top_p,
+            ctx.pinned_library(), policy_version, fault_policy(cfg))))
+        rollout_stats, new_busy = ray.get([fleet.worker.stats.remote(), fleet.worker.busy.remote()])
+        t1 = time.perf_counter()
+        # episodes whose environment kept failing are not the policy's doing: not scored, not learned from
+        episodes = [e for e in all_episodes if not e.env_failed]
+        credits = compute_credit(episodes, cfg)
+        learner_metrics = (ray.get(fleet.learner.update.remote(episodes_to_samples(episodes, credits)))
+                           if episodes else {})
+        t2 = time.perf_counter()
+        policy_version = ctx.sync_weights()
+        t3 = time.perf_counter()
+        lib_metrics = update_library(ctx.library, ctx.encoder, episodes, it, cfg)
+        t4 = time.perf_counter()
+        metrics = {**episode_metrics(episodes, credits), **learner_metrics, **lib_metrics,
+                   **fault_metrics(all_episodes, rollout_stats), **busy_fractions(busy, new_busy, t4 - t0),
+                   "policy/version": float(policy_version),
+                   "time/rollout_s": t1 - t0, "time/learner_s": t2 - t1, "time/sync_s": t3 - t2,
+                   "time/library_s": t4 - t3, "time/iteration_s": t4 - t0,
+                   "time/learner_busy": (t2 - t1) / (t4 - t0),
+                   "time/episodes_per_s": len(episodes) / (t4 - t0)}
+        busy = new_busy
+        ctx.report(it, metrics, t4 - t0, bar)
+    return metrics
 
 
 def train(cfg: Skill1Config) -> TrainResult:
@@ -126,54 +228,24 @@ def train(cfg: Skill1Config) -> TrainResult:
     model_path = ensure_policy(cfg.model)
     # Ray and wandb spawn their processes before LanceDB is imported (forking after it is unsafe)
     init_ray(cfg)
-    logger = MetricsLogger(run_dir, {**cfg.to_dict(), "prompt_version": PROMPT_VERSION}, cfg.logging.wandb_mode, cfg.logging.wandb_project,
-                           cfg.logging.wandb_entity, cfg.name)
+    logger = MetricsLogger(run_dir, {**cfg.to_dict(), "prompt_version": PROMPT_VERSION}, cfg.logging.wandb_mode,
+                           cfg.logging.wandb_project, cfg.logging.wandb_entity, cfg.name)
     from skill1.library import Encoder, SkillLibrary
 
     encoder = Encoder(cfg.library.encoder)
     library = SkillLibrary.open(str(run_dir / "library"), encoder.name, encoder.dim)
     fleet = start_fleet(cfg, model_path, str(run_dir / "library"), with_learner=True)
-    settings, retrieval = EpisodeSettings.from_config(cfg, training=True), retrieval_settings(cfg, training=True)
-    policy_version, metrics = 0, {}
-    bar = tqdm(range(1, a.iterations + 1), desc="skill1 train", unit="it", disable=not cfg.logging.progress)
+    ctx = TrainContext(cfg, run_dir, task_source, logger, encoder, library, fleet,
+                       EpisodeSettings.from_config(cfg, training=True), retrieval_settings(cfg, training=True))
+    bar = tqdm(range(1, a.iterations + 1), desc=f"skill1 train ({cfg.rollout.mode})", unit="it",
+               disable=not cfg.logging.progress)
     try:
-        for it in bar:
-            t0 = time.perf_counter()
-            tasks, groups, ids = make_batch(cfg, it, task_source)
-            pinned = library.version if a.use_library and library.size() > 0 else None
-            all_episodes = ray.get(fleet.worker.run.remote(RolloutRequest(
-                tasks, groups, ids, settings, retrieval, cfg.rollout.temperature, cfg.rollout.top_p,
-                pinned, policy_version, fault_policy(cfg))))
-            rollout_stats = ray.get(fleet.worker.stats.remote())
-            t1 = time.perf_counter()
-            # episodes whose environment kept failing are not the policy's doing: not scored, not learned from
-            episodes = [e for e in all_episodes if not e.env_failed]
-            credits = compute_credit(episodes, cfg)
-            learner_metrics = (ray.get(fleet.learner.update.remote(episodes_to_samples(episodes, credits)))
-                               if episodes else {})
-            t2 = time.perf_counter()
-            packet = fleet.learner.get_weights.remote()
-            versions = ray.get([s.load_weights.remote(packet) for s in fleet.samplers])
-            if len(set(versions)) != 1:
-                raise RuntimeError(f"samplers disagree on the weights version after a sync: {versions}")
-            policy_version = versions[0]
-            t3 = time.perf_counter()
-            lib_metrics = update_library(library, encoder, episodes, it, cfg)
-            t4 = time.perf_counter()
-            metrics = {**episode_metrics(episodes, credits), **learner_metrics, **lib_metrics,
-                       **fault_metrics(all_episodes, rollout_stats),
-                       "policy/version": float(policy_version),
-                       "time/rollout_s": t1 - t0, "time/learner_s": t2 - t1, "time/sync_s": t3 - t2,
-                       "time/library_s": t4 - t3, "time/iteration_s": t4 - t0,
-                       "time/episodes_per_s": len(episodes) / (t4 - t0)}
-            logger.log(metrics, step=it)
-            bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", success=f"{metrics['rollout/success']:.2f}",
-                            library=int(metrics["library/size"]), step_s=f"{t4 - t0:.1f}")
-            tqdm.write(f"iter {it}: reward {metrics['rollout/reward']:.3f}  success {metrics['rollout/success']:.3f}  "
-                       f"valid actions {metrics.get('act/valid_rate', 0):.2f}  library {int(metrics['library/size'])}  "
-                       f"step {t4 - t0:.1f}s")
-            if cfg.save_every and it % cfg.save_every == 0 and it < a.iterations:
-                ray.get(fleet.learner.save.remote(str(run_dir / "checkpoints" / f"iter-{it}")))
+        if cfg.rollout.mode == "async":
+            from skill1.async_trainer import run_async
+
+            metrics = run_async(ctx, bar)
+        else:
+            metrics = run_sync(ctx, bar)
         checkpoint = run_dir / "checkpoints" / "final"
         ray.get(fleet.learner.save.remote(str(checkpoint)))
     finally:

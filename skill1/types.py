@@ -119,7 +119,8 @@ class TrainSample:
     old_logprobs: list[float]  # behaviour log-probs of input_ids[prompt_len:]
     advantage: float
     stage: Stage
-    policy_version: int = 0
+    policy_version: int = 0  # weights that sampled it (staleness = learner version - this)
+    proximal_logprobs: list[float] | None = None  # set inside the learner when it recomputes them (async)
 
 
 @dataclass

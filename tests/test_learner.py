@@ -85,3 +85,38 @@ def test_deepspeed_cpu_step_with_micro_batches_equals_torch_single_batch(small_m
     assert changed > 0
     packet = ds.get_weights()
     assert packet.version == 1 and len(packet.names) == len(list(ds.model.parameters()))
+
+
+def test_truncated_importance_weight_against_the_behaviour_policy():
+    """Decoupled PPO: ratio against the proximal policy, weight exp(prox - behav) capped; hand-computed."""
+    logp = torch.tensor([-1.0, -2.0, -0.5])
+    behav = torch.tensor([-1.5, -1.0, -0.5])  # prox - behav = 0.5, -1.0, 0.0  ->  w = e^.5, e^-1, 1
+    adv = torch.tensor([1.0, 1.0, -1.0])
+    out = ppo_clip_loss(logp, behav, adv, torch.ones(3), proximal_logp=logp.clone(), kl_coef=0, is_cap=1.5)
+    w = torch.tensor([1.5, float(torch.exp(torch.tensor(-1.0))), 1.0])
+    assert out.is_weight_max == pytest.approx(float(torch.exp(torch.tensor(0.5))))
+    assert out.is_truncated_frac == pytest.approx(1 / 3)  # e^0.5 = 1.65 > cap 1.5
+    assert out.is_weight_mean == pytest.approx(float(w.mean()))
+    # ratio = 1 at the proximal policy, so the loss is -mean(w * A)
+    assert float(out.loss) == pytest.approx(float(-(w * adv).mean()))
+
+
+def test_async_update_recomputes_proximal_logprobs_and_an_empty_update_is_a_version(small_model_dir):
+    learner = Learner(small_model_dir, _cfg(backend="torch", is_cap=2.0), seed=0)
+    samples = _samples(4)
+    mb = collate(samples, learner.tokenizer.pad_token_id)
+    with torch.no_grad():
+        own = response_logprobs(learner.model, mb).tolist()
+    # behaviour log-probs a known 0.3 below the learner's own: every weight is e^0.3 (< cap)
+    offset, shifted = 0, []
+    for s in samples:
+        n = len(s.old_logprobs)
+        shifted.append(TrainSample(s.input_ids, s.prompt_len, [x - 0.3 for x in own[offset:offset + n]],
+                                   s.advantage, s.stage, policy_version=0))
+        offset += n
+    m = learner.update(shifted, recompute_proximal=True)
+    assert m["learner/is_weight"] == pytest.approx(float(torch.exp(torch.tensor(0.3))), rel=1e-4)
+    assert m["learner/is_truncated_frac"] == 0.0 and m["learner/version"] == 1.0
+    m = learner.update(shifted)  # on-policy path: behaviour = proximal, weight 1
+    assert m["learner/is_weight"] == 1.0 and m["learner/sample_staleness_mean"] == 1.0
+    assert learner.update([])["learner/version"] == 3.0  # no samples is still a policy version

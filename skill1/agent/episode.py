@@ -7,6 +7,7 @@ episode reads top to bottom here while generation and environment steps are batc
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class Generate:
     stage: Stage
     prompt_ids: list[int]
     max_new_tokens: int
+    seed: int = 0  # per-request sampling seed: an episode's draws do not depend on what it is batched with
 
 
 @dataclass
@@ -81,7 +83,8 @@ def run_episode(
     errors: Counter[str] = Counter()
 
     def generate(stage: Stage, prompt_ids: list[int]):
-        out: Generated = yield Generate(stage, prompt_ids, s.max_new_tokens[stage])
+        seed = zlib.crc32(f"{episode_id}/{len(segments)}".encode())
+        out: Generated = yield Generate(stage, prompt_ids, s.max_new_tokens[stage], seed)
         seg = Segment(stage, prompt_ids, out.response_ids, out.logprobs, out.text)
         segments.append(seg)
         return seg

@@ -27,7 +27,9 @@ class LossOutput:
     pg_loss: float
     kl: float
     clip_frac: float
-    is_weight_mean: float
+    is_weight_mean: float  # after truncation
+    is_weight_max: float  # before truncation: how far off-policy the worst token was
+    is_truncated_frac: float  # tokens whose weight hit is_cap
 
 
 def ppo_clip_loss(
@@ -48,7 +50,8 @@ def ppo_clip_loss(
     denom = float(num_tokens) if num_tokens is not None else float(mask.sum().clamp(min=1.0))
     prox = behaviour_logp if proximal_logp is None else proximal_logp
     ratio = torch.exp(logp - prox)
-    is_w = torch.exp(prox - behaviour_logp).clamp(max=is_cap).detach()
+    raw_w = torch.exp(prox - behaviour_logp).detach()
+    is_w = raw_w.clamp(max=is_cap)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages
     pg = -is_w * torch.minimum(unclipped, clipped)
@@ -67,6 +70,8 @@ def ppo_clip_loss(
             kl=float((kl * mask).sum() / n),
             clip_frac=float(clip_frac),
             is_weight_mean=float((is_w * mask).sum() / n),
+            is_weight_max=float((raw_w * mask).max()) if mask.numel() else 0.0,
+            is_truncated_frac=float(((raw_w > is_cap).to(mask.dtype) * mask).sum() / n),
         )
 
 

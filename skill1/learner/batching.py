@@ -18,6 +18,7 @@ class MicroBatch:
     targets: torch.Tensor  # [N] the generated tokens
     old_logprobs: torch.Tensor  # [N] behaviour log-probs
     advantages: torch.Tensor  # [N]
+    proximal_logprobs: torch.Tensor | None = None  # [N] learner's own before the update (async), if computed
 
     @property
     def num_tokens(self) -> int:
@@ -44,7 +45,8 @@ def collate(samples: list[TrainSample], pad_id: int) -> MicroBatch:
     width = max(len(s.input_ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), width), dtype=torch.long)
-    rows, cols, targets, old, adv = [], [], [], [], []
+    rows, cols, targets, old, adv, prox = [], [], [], [], [], []
+    with_prox = all(s.proximal_logprobs is not None for s in samples)
     for b, s in enumerate(samples):
         n = len(s.input_ids)
         ids[b, :n] = torch.tensor(s.input_ids)
@@ -57,6 +59,9 @@ def collate(samples: list[TrainSample], pad_id: int) -> MicroBatch:
         targets.extend(s.input_ids[t] for t in gen)
         old.extend(s.old_logprobs)
         adv.extend([s.advantage] * len(gen))
+        if with_prox:
+            prox.extend(s.proximal_logprobs)
     return MicroBatch(ids, mask, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long),
                       torch.tensor(targets, dtype=torch.long), torch.tensor(old, dtype=torch.float32),
-                      torch.tensor(adv, dtype=torch.float32))
+                      torch.tensor(adv, dtype=torch.float32),
+                      torch.tensor(prox, dtype=torch.float32) if with_prox else None)

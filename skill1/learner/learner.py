@@ -6,6 +6,7 @@ engine config takes bf16 and ZeRO-2/3 (multi-rank learner groups are issue 6).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import socket
@@ -76,12 +77,22 @@ class Learner:
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.version = 0
 
-    def update(self, samples: list[TrainSample]) -> dict[str, float]:
-        """ppo_epochs x mini_batches optimizer steps over `samples`; returns learner metrics."""
-        if not samples:
-            return {"learner/steps": 0.0}
+    def update(self, samples: list[TrainSample], recompute_proximal: bool = False) -> dict[str, float]:
+        """ppo_epochs x mini_batches optimizer steps over `samples`; returns learner metrics.
+
+        `recompute_proximal` (asynchronous training): the PPO ratio is taken against this learner's own
+        log-probs before the update, and the gap to the behaviour policy that sampled the data is
+        corrected by a truncated importance weight (decoupled PPO). Off, the behaviour log-probs are the
+        proximal ones (on-policy: the synchronous algorithm)."""
+        if not samples:  # still a policy version: every version number means one update call
+            self.version += 1
+            return {"learner/steps": 0.0, "learner/version": float(self.version)}
         start, totals, steps, tokens = time.perf_counter(), {}, 0, 0
-        pad = self.tokenizer.pad_token_id
+        pad, self._is_max = self.tokenizer.pad_token_id, 0.0
+        staleness = [self.version - s.policy_version for s in samples]
+        if recompute_proximal:
+            samples = self._with_proximal(samples)
+        prox_s = time.perf_counter() - start
         for _ in range(self.cfg.ppo_epochs):
             order = samples[:]
             self.rng.shuffle(order)
@@ -101,23 +112,49 @@ class Learner:
         metrics = {f"learner/{k}": v / tokens for k, v in totals.items()}
         metrics.update({"learner/steps": float(steps), "learner/tokens": float(tokens),
                         "learner/tokens_per_s": tokens / elapsed, "learner/update_s": elapsed,
-                        "learner/version": float(self.version)})
+                        "learner/proximal_s": prox_s, "learner/version": float(self.version),
+                        "learner/sample_staleness_mean": sum(staleness) / len(staleness),
+                        "learner/is_weight_max": self._is_max})
+        if torch.cuda.is_available():
+            metrics["learner/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            import resource
+
+            metrics["learner/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         return metrics
+
+    @torch.no_grad()
+    def _with_proximal(self, samples: list[TrainSample]) -> list[TrainSample]:
+        """The same samples carrying this learner's log-probs of their tokens, before any step."""
+        pad, out = self.tokenizer.pad_token_id, []
+        for group in split_by_token_budget(samples, self.cfg.micro_batch_tokens):
+            mb = collate(group, pad)
+            logp = response_logprobs(self.model, mb, self.temperature).float().cpu()
+            offset = 0
+            for sample in group:
+                n = len(sample.old_logprobs)
+                out.append(dataclasses.replace(sample, proximal_logprobs=logp[offset:offset + n].tolist()))
+                offset += n
+        return out
 
     def _micro_step(self, mb: MicroBatch, num_tokens: int, boundary: bool) -> dict[str, float]:
         logp = response_logprobs(self.model, mb, self.temperature)
         with torch.no_grad():
             ref_logp = response_logprobs(self.reference, mb, self.temperature) if self.cfg.kl_coef > 0 else None
+        prox = mb.proximal_logprobs.to(self.device) if mb.proximal_logprobs is not None else None
         out = ppo_clip_loss(logp, mb.old_logprobs.to(self.device), mb.advantages.to(self.device),
-                            torch.ones_like(logp), ref_logp=ref_logp, clip_eps=self.cfg.clip_eps,
-                            kl_coef=self.cfg.kl_coef, is_cap=self.cfg.is_cap, num_tokens=num_tokens)
+                            torch.ones_like(logp), ref_logp=ref_logp, proximal_logp=prox,
+                            clip_eps=self.cfg.clip_eps, kl_coef=self.cfg.kl_coef, is_cap=self.cfg.is_cap,
+                            num_tokens=num_tokens)
+        self._is_max = max(self._is_max, out.is_weight_max)
         if self.engine is not None:
             self.engine.set_gradient_accumulation_boundary(boundary)
             self.engine.backward(out.loss, scale_wrt_gas=False)
         else:
             out.loss.backward()
         return {"pg_loss": out.pg_loss, "kl": out.kl, "clip_frac": out.clip_frac,
-                "is_weight": out.is_weight_mean, "loss": out.loss.item() * num_tokens / mb.num_tokens}
+                "is_weight": out.is_weight_mean, "is_truncated_frac": out.is_truncated_frac,
+                "loss": out.loss.item() * num_tokens / mb.num_tokens}
 
     def _optimizer_step(self) -> float:
         if self.engine is not None:

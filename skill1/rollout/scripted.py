@@ -2,8 +2,9 @@
 
 It reads the rendered prompt back, recognises which of the four generations is asked for, and answers
 with a well-formed response: the task text as the query, candidate 1, a seeded random admissible action
-(a `verb[<...>]` template gets the task text), a fixed skill. Log-probs are 0. Selected with
-`rollout.backend: scripted`; it learns nothing, so runs with it measure throughput, not learning.
+(a `verb[<...>]` template gets the task text), a fixed skill. One action in INVALID_RATE is inadmissible, so
+the invalid-action penalty gives GRPO groups reward variance and the learner a gradient. Log-probs are 0.
+Selected with `rollout.backend: scripted`; it learns nothing, so runs with it measure throughput, not learning.
 """
 
 from __future__ import annotations
@@ -19,26 +20,32 @@ _TASK = re.compile(r"Your task is to: (.*)")
 _TEMPLATE = re.compile(r"^(\w+)\[<[^>]*>\]$")
 
 
+INVALID_RATE = 0.2
+
+
 class ScriptedSampler:
     def __init__(self, model_path: str, seed: int = 0):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.seed = seed
         self.rng = random.Random(seed)
         self.version = 0
 
     def load_weights(self, packet: WeightsPacket) -> None:
         self.version = packet.version
 
-    def generate(self, prompts: list[list[int]], params) -> list[Generated]:
+    def generate(self, prompts: list[list[int]], params, seeds: list[int] | None = None) -> list[Generated]:
         out = []
-        for p in prompts:
-            text = self._answer(self.tokenizer.decode(p, skip_special_tokens=True))
+        for i, p in enumerate(prompts):
+            # a per-request seed makes the answer independent of batching and call order
+            rng = random.Random(self.seed * 1_000_003 + seeds[i]) if seeds is not None else self.rng
+            text = self._answer(self.tokenizer.decode(p, skip_special_tokens=True), rng)
             ids = self.tokenizer.encode(text, add_special_tokens=False)[: params.max_new_tokens]
             out.append(Generated(ids, [0.0] * len(ids), self.tokenizer.decode(ids)))
         return out
 
-    def _answer(self, prompt: str) -> str:
+    def _answer(self, prompt: str, rng: random.Random) -> str:
         task_match = _TASK.search(prompt)
         task = task_match.group(1).strip() if task_match else "the task"
         if "<query>" in prompt:
@@ -48,7 +55,9 @@ class ScriptedSampler:
         found = _ACTIONS.search(prompt)
         if found:
             actions = re.findall(r"'(.*?)'(?:, |$)", found.group(1))
-            action = self.rng.choice(actions) if actions else "look"
+            if rng.random() < INVALID_RATE:
+                return "<think>scripted</think><action>dance on the ceiling</action>"
+            action = rng.choice(actions) if actions else "look"
             template = _TEMPLATE.match(action)
             if template:
                 action = f"{template.group(1)}[{task}]"

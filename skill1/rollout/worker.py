@@ -4,9 +4,14 @@ Every episode is a generator of requests (generate / retrieve / reset / step). T
 one call in flight per sampler and per environment pool; whatever requests become ready while an actor is
 busy go out together in its next call. So generation is batched across episodes (continuous-batching
 style) and an episode advances the moment its own result is back: no lock-step across the batch, and one
-slow environment delays only the episodes in the same pool call. An episode always uses the same sampler
-(prefix-cache friendly); it gets the least-loaded pool when it (re)starts. Retrievals are answered here,
-from the pinned library version.
+slow environment delays only the episodes in the same pool call. An episode gets the least-loaded sampler
+and pool when it (re)starts and keeps that sampler for life (its prompts share prefixes: prefix caching).
+Retrievals are answered here, from the library version the request pinned.
+
+Two modes over one event loop: `run(request)` returns when that request is done (synchronous training,
+evaluation); `submit(requests)` / `poll()` stream — the loop runs on a background thread, requests join
+at any time, finished ones are handed back by tag (asynchronous training). Every generation result carries
+the weights version that produced it; an episode is stamped with the oldest one it used.
 
 Environment faults: a slot whose environment raised, a pool process that died, or a pool call that ran
 past its deadline (`step_timeout_s` per operation in it; the pool is then killed and Ray restarts it)
@@ -16,7 +21,10 @@ comes back with `env_failed=True` and is left out of training, never scored 0.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import queue
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Generator
@@ -53,29 +61,35 @@ class RolloutRequest:
     temperature: float
     top_p: float
     library_version: int | None  # None: no library (or an empty one)
-    policy_version: int
+    policy_version: int  # the version the driver believes the samplers hold (stamp when nothing generated)
     faults: EnvFaultPolicy = EnvFaultPolicy()
+    tag: str = ""  # the driver's name for it in streaming mode (a group id)
 
 
 @dataclass
 class _Live:
     """One running attempt of an episode."""
 
+    job: int  # the request it belongs to
     index: int  # position in the request
     attempt: int
     gen: Generator
     pool: int
+    sampler: int
     slot: int  # unique per attempt: a restarted attempt never sees its predecessor's environment
+    key: int = -1
     request: object = None
     dispatched: bool = False
     has_env: bool = False
+    min_version: int | None = None  # oldest weights version that generated for it
 
 
 @dataclass
 class _Call:
     actor: tuple[str, int]  # ("sampler" | "pool", index)
-    members: list[tuple[int, int]]  # (episode index, attempt)
+    members: list[tuple[int, int]]  # (live episode key, attempt)
     deadline: float = float("inf")
+    sent: float = 0.0
 
 
 @dataclass
@@ -89,7 +103,41 @@ class RolloutStats:
     fault_log: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Job:
+    """One submitted request and what has come back of it."""
+
+    req: RolloutRequest
+    encoder: object
+    library: object
+    total_uses: int
+    finished: dict[int, Episode] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.finished) == len(self.req.tasks)
+
+    def episodes(self) -> list[Episode]:
+        return [self.finished[i] for i in range(len(self.req.tasks))]
+
+
+@dataclass
+class RolloutProgress:
+    """What `poll` hands back: finished requests (by tag) and the worker's cumulative counters."""
+
+    completed: list[tuple[str, list[Episode]]]
+    stats: RolloutStats
+    busy_s: dict[str, float]  # "sampler-0" / "pool-1" -> seconds with a call in flight, cumulative
+    live_episodes: int
+
+
 class RolloutWorker:
+    """Runs episodes for one request at a time (`run`, synchronous training and evaluation), or streams:
+    `submit` requests at any time, `poll` for the finished ones (asynchronous training). Both drive the same
+    event loop; in streaming mode it runs on a background thread of this actor."""
+
+    STREAM_TICK_S = 0.02  # longest a streaming loop waits before it looks at new submissions
+
     def __init__(self, tokenizer_path: str, samplers: list, pools: list, library_path: str | None,
                  encoder_name: str):
         from transformers import AutoTokenizer
@@ -98,176 +146,278 @@ class RolloutWorker:
         self.samplers, self.pools = samplers, pools
         self.library_path, self.encoder_name = library_path, encoder_name
         self._encoder = None
+        self._pinned: dict[int, tuple] = {}  # library version -> (snapshot, total uses), a few recent ones
         self._slots = itertools.count()
-        self.last_stats = RolloutStats()
+        self._keys = itertools.count()
+        self.last_stats = self._stats = RolloutStats()
+        self._live: dict[int, _Live] = {}
+        self._jobs: dict[int, _Job] = {}
+        self._inflight: dict[ray.ObjectRef, _Call] = {}
+        self._backoff: dict[int, float] = {}  # pool -> monotonic time before which it is still coming back
+        self._recovering: set[int] = set()  # pools lost and not yet heard from since
+        self._busy: dict[str, float] = defaultdict(float)
+        # streaming
+        self._incoming: queue.Queue = queue.Queue()
+        self._completed: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
 
-    def _encoder_and_library(self, version: int | None):
-        if version is None or self.library_path is None:
-            return None, None, 0
-        from skill1.library import Encoder, SkillLibrary
-
-        if self._encoder is None:
-            self._encoder = Encoder(self.encoder_name)
-        head = SkillLibrary.open(self.library_path, self._encoder.name, self._encoder.dim)
-        pinned = head.checkout(version)
-        total_uses = sum(s.uses for s in pinned.all_skills())
-        return self._encoder, pinned, total_uses
-
+    # ---------------------------------------------------------------- public API
     def stats(self) -> RolloutStats:
         return self.last_stats
 
+    def busy(self) -> dict[str, float]:
+        """Seconds each sampler / pool has had a call in flight, cumulative ("sampler-0", "pool-1", ...)."""
+        return dict(self._busy)
+
     def run(self, req: RolloutRequest) -> list[Episode]:
-        encoder, library, total_uses = self._encoder_and_library(req.library_version)
-        stats = self.last_stats = RolloutStats()
-        live: dict[int, _Live] = {}
-        finished: dict[int, Episode] = {}
-        inflight: dict[ray.ObjectRef, _Call] = {}
-        backoff: dict[int, float] = {}  # pool -> monotonic time before which it is still coming back
-        recovering: set[int] = set()  # pools lost and not yet heard from since
+        """Run every episode of `req` and return them in request order."""
+        if self._thread is not None:
+            raise RuntimeError("run() called on a worker that is streaming; use submit/poll")
+        self.last_stats = self._stats = RolloutStats()
+        key = self._add(req)
+        while not self._jobs[key].complete:
+            self._tick(streaming=False)
+        return self._jobs.pop(key).episodes()
 
-        def start(index: int, attempt: int) -> None:
-            load = defaultdict(int)
-            for ep in live.values():
-                load[ep.pool] += 1
-            pool = min(range(len(self.pools)), key=lambda p: (load[p], p))
-            gen = run_episode(req.tasks[index], req.episode_ids[index], req.group_ids[index], self.tokenizer,
-                              req.settings)
-            ep = live[index] = _Live(index, attempt, gen, pool, next(self._slots))
-            advance(ep, None)
+    def submit(self, requests: list[RolloutRequest]) -> int:
+        """Queue requests for the streaming loop (started on first use); returns how many are queued."""
+        if self._error is not None:
+            raise RuntimeError("the rollout loop failed") from self._error
+        for r in requests:
+            self._incoming.put(r)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._stream, name="rollout-loop", daemon=True)
+            self._thread.start()
+        return len(requests)
 
-        def advance(ep: _Live, result) -> None:
-            """Feed a result; answer retrievals on the spot; stop at the next remote request."""
+    def poll(self, wait_s: float = 1.0) -> RolloutProgress:
+        """Finished requests since the last poll; waits up to `wait_s` for the first one."""
+        completed = []
+        try:
+            completed.append(self._completed.get(timeout=wait_s))
             while True:
+                completed.append(self._completed.get_nowait())
+        except queue.Empty:
+            pass
+        if self._error is not None and not completed:
+            raise RuntimeError("the rollout loop failed") from self._error
+        stats = dataclasses.replace(self._stats, fault_log=list(self._stats.fault_log))  # a copy: the loop runs on
+        return RolloutProgress(completed, stats, dict(self._busy), len(self._live))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # ---------------------------------------------------------------- the loop
+    def _stream(self) -> None:
+        try:
+            while not self._stop.is_set():
                 try:
-                    ep.request = ep.gen.send(result)
-                except StopIteration as stop:
-                    finish(ep, stop.value)
-                    return
-                ep.dispatched = False
-                if not isinstance(ep.request, Retrieve):
-                    return
-                result = retrieve(library, encoder, [ep.request.query], req.retrieval, total_uses)[0]
+                    while True:
+                        self._add(self._incoming.get(block=not self._live, timeout=0.1))
+                except queue.Empty:
+                    pass
+                if self._live:
+                    self._tick(streaming=True)
+        except BaseException as exc:  # surfaces on the next submit/poll
+            self._error = exc
 
-        def finish(ep: _Live, episode: Episode) -> None:
-            del live[ep.index]
-            if ep.has_env:  # fire and forget: nothing waits on freeing a slot
-                self.pools[ep.pool].release.remote([ep.slot])
-            episode.library_version = req.library_version or 0
-            episode.policy_version = req.policy_version
-            episode.env_restarts = ep.attempt
-            finished[ep.index] = episode
+    def _pinned_library(self, version: int | None):
+        if version is None or self.library_path is None:
+            return None, None, 0
+        if version not in self._pinned:
+            from skill1.library import Encoder, SkillLibrary
 
-        def fault(ep: _Live, why: str) -> None:
-            """Drop this attempt; re-queue the episode or give up on it."""
-            stats.env_faults += 1
-            stats.fault_log.append(f"{req.episode_ids[ep.index]} attempt {ep.attempt}: {why}")
-            ep.gen.close()
-            del live[ep.index]
-            if ep.attempt < req.faults.max_env_retries:
-                stats.requeued += 1
-                start(ep.index, ep.attempt + 1)
-            else:
-                stats.failed_episodes += 1
-                finished[ep.index] = _failed_episode(req, ep.index, ep.attempt)
+            if self._encoder is None:
+                self._encoder = Encoder(self.encoder_name)
+            head = SkillLibrary.open(self.library_path, self._encoder.name, self._encoder.dim)
+            pinned = head.checkout(version)
+            self._pinned[version] = (pinned, sum(s.uses for s in pinned.all_skills()))
+            for old in sorted(self._pinned)[:-4]:  # staleness keeps only a few versions in use
+                del self._pinned[old]
+        library, total_uses = self._pinned[version]
+        return self._encoder, library, total_uses
 
-        def pool_lost(p: int, why: str) -> None:
-            """Every episode with an environment, or a call, in pool `p` starts again (bounded retries)."""
-            for ref in [r for r, c in inflight.items() if c.actor == ("pool", p)]:
-                del inflight[ref]
-            backoff[p] = time.monotonic() + RESTART_BACKOFF_S
-            for ep in [e for e in live.values() if e.pool == p and (e.has_env or e.dispatched)]:
-                fault(ep, why)
-
+    def _add(self, req: RolloutRequest) -> int:
+        key = next(self._keys)
+        self._jobs[key] = _Job(req, *self._pinned_library(req.library_version))
         for i in range(len(req.tasks)):
-            start(i, 0)
-        while live:
-            now = time.monotonic()
-            for p in [p for p, t in backoff.items() if t <= now]:
-                del backoff[p]
-            self._dispatch(live, inflight, req, stats, set(backoff))
-            if not inflight and not backoff:
-                raise RuntimeError("rollout stalled: live episodes but nothing in flight (worker bug)")
-            wake = min([c.deadline for c in inflight.values()] + list(backoff.values()))
-            timeout = min(max(0.0, wake - now), 3600.0)
-            if not inflight:
-                time.sleep(timeout)
-                continue
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=timeout)
-            if ready:
-                ready, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
-            for ref in ready:
-                call = inflight.pop(ref, None)
-                if call is None:  # dropped with a lost pool
-                    continue
-                try:
-                    values = ray.get(ref)
-                except RayActorError as exc:  # died, or unavailable while Ray restarts it
-                    if call.actor[0] != "pool":
-                        raise
-                    p = call.actor[1]
-                    if p not in recovering:  # a new incident: its environments are gone
-                        recovering.add(p)
-                        stats.pool_restarts += 1
-                        pool_lost(p, f"env pool {p} died ({type(exc).__name__})")
-                        continue
-                    # the same incident, a call that raced the restart: resets go again after a pause
-                    backoff[p] = time.monotonic() + RESTART_BACKOFF_S
-                    for index, attempt in call.members:
-                        ep = live.get(index)
-                        if ep is not None and ep.attempt == attempt:
-                            if isinstance(ep.request, Reset):
-                                ep.dispatched = False
-                            else:
-                                fault(ep, f"env pool {p} restarting")
-                    continue
-                if call.actor[0] == "pool":
-                    recovering.discard(call.actor[1])  # it answered: back in service
-                for (index, attempt), value in zip(call.members, values):
-                    ep = live.get(index)
-                    if ep is None or ep.attempt != attempt:
-                        continue  # an answer for an attempt that was dropped
-                    if isinstance(value, EnvFailure):
-                        self.pools[ep.pool].release.remote([ep.slot])
-                        fault(ep, value.error)
-                        continue
-                    if isinstance(ep.request, Reset):
-                        ep.has_env = True
-                    advance(ep, value)
-            now = time.monotonic()
-            for ref, call in list(inflight.items()):
-                if call.actor[0] == "pool" and now > call.deadline and ref in inflight:
-                    p = call.actor[1]
-                    ray.kill(self.pools[p], no_restart=False)  # Ray brings the actor back empty
-                    recovering.add(p)
-                    stats.pool_restarts += 1
-                    pool_lost(p, f"env pool {p} hung (call past its {req.faults.step_timeout_s:g} s/op deadline)")
-        return [finished[i] for i in range(len(req.tasks))]
+            self._start(key, i, 0)
+        if self._jobs[key].complete:  # an empty request
+            self._done(key)
+        return key
 
-    def _dispatch(self, live: dict[int, _Live], inflight: dict, req: RolloutRequest, stats: RolloutStats,
-                  restarting: set[int]) -> None:
-        busy = {c.actor for c in inflight.values()}  # at most one call in flight per actor
+    def _done(self, job_key: int) -> None:
+        if self._thread is not None:
+            job = self._jobs.pop(job_key)
+            self._completed.put((job.req.tag, job.episodes()))
+
+    def _start(self, job_key: int, index: int, attempt: int) -> None:
+        pool_load, sampler_load = defaultdict(int), defaultdict(int)
+        for ep in self._live.values():
+            pool_load[ep.pool] += 1
+            sampler_load[ep.sampler] += 1
+        pool = min(range(len(self.pools)), key=lambda p: (pool_load[p], p))
+        # an episode stays on one sampler for its whole life (its prompts share prefixes: prefix caching)
+        sampler = min(range(len(self.samplers)), key=lambda s: (sampler_load[s], s))
+        req = self._jobs[job_key].req
+        gen = run_episode(req.tasks[index], req.episode_ids[index], req.group_ids[index], self.tokenizer,
+                          req.settings)
+        key = next(self._keys)
+        ep = self._live[key] = _Live(job_key, index, attempt, gen, pool, sampler, next(self._slots), key)
+        self._advance(ep, None)
+
+    def _advance(self, ep: _Live, result) -> None:
+        """Feed a result; answer retrievals on the spot; stop at the next remote request."""
+        job = self._jobs[ep.job]
+        while True:
+            try:
+                ep.request = ep.gen.send(result)
+            except StopIteration as stop:
+                self._finish(ep, stop.value)
+                return
+            ep.dispatched = False
+            if not isinstance(ep.request, Retrieve):
+                return
+            result = retrieve(job.library, job.encoder, [ep.request.query], job.req.retrieval, job.total_uses)[0]
+
+    def _finish(self, ep: _Live, episode: Episode) -> None:
+        del self._live[ep.key]
+        if ep.has_env:  # fire and forget: nothing waits on freeing a slot
+            self.pools[ep.pool].release.remote([ep.slot])
+        job = self._jobs[ep.job]
+        episode.library_version = job.req.library_version or 0
+        # the oldest weights that generated any of its tokens: staleness is counted from there
+        episode.policy_version = job.req.policy_version if ep.min_version is None else ep.min_version
+        episode.env_restarts = ep.attempt
+        job.finished[ep.index] = episode
+        if job.complete:
+            self._done(ep.job)
+
+    def _fault(self, ep: _Live, why: str) -> None:
+        """Drop this attempt; re-queue the episode or give up on it."""
+        job = self._jobs[ep.job]
+        stats = self._stats
+        stats.env_faults += 1
+        stats.fault_log.append(f"{job.req.episode_ids[ep.index]} attempt {ep.attempt}: {why}")
+        ep.gen.close()
+        del self._live[ep.key]
+        if ep.attempt < job.req.faults.max_env_retries:
+            stats.requeued += 1
+            self._start(ep.job, ep.index, ep.attempt + 1)
+        else:
+            stats.failed_episodes += 1
+            job.finished[ep.index] = _failed_episode(job.req, ep.index, ep.attempt)
+            if job.complete:
+                self._done(ep.job)
+
+    def _pool_lost(self, p: int, why: str) -> None:
+        """Every episode with an environment, or a call, in pool `p` starts again (bounded retries)."""
+        for ref in [r for r, c in self._inflight.items() if c.actor == ("pool", p)]:
+            del self._inflight[ref]
+        self._backoff[p] = time.monotonic() + RESTART_BACKOFF_S
+        for ep in [e for e in self._live.values() if e.pool == p and (e.has_env or e.dispatched)]:
+            self._fault(ep, why)
+
+    def _tick(self, streaming: bool) -> None:
+        """One turn of the event loop: send what is ready, wait for something to come back, handle it."""
+        now = time.monotonic()
+        for p in [p for p, t in self._backoff.items() if t <= now]:
+            del self._backoff[p]
+        self._dispatch(set(self._backoff))
+        if not self._inflight and not self._backoff:
+            raise RuntimeError("rollout stalled: live episodes but nothing in flight (worker bug)")
+        wake = min([c.deadline for c in self._inflight.values()] + list(self._backoff.values()))
+        timeout = min(max(0.0, wake - now), self.STREAM_TICK_S if streaming else 3600.0)
+        if not self._inflight:
+            time.sleep(timeout)
+            return
+        ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=0)
+        for ref in ready:
+            call = self._inflight.pop(ref, None)
+            if call is None:  # dropped with a lost pool
+                continue
+            self._busy[f"{call.actor[0]}-{call.actor[1]}"] += time.monotonic() - call.sent
+            self._handle(ref, call)
+        now = time.monotonic()
+        for ref, call in list(self._inflight.items()):
+            if call.actor[0] == "pool" and now > call.deadline and ref in self._inflight:
+                p = call.actor[1]
+                ray.kill(self.pools[p], no_restart=False)  # Ray brings the actor back empty
+                self._recovering.add(p)
+                self._stats.pool_restarts += 1
+                self._pool_lost(p, f"env pool {p} hung (call past its per-operation deadline)")
+
+    def _handle(self, ref: ray.ObjectRef, call: _Call) -> None:
+        try:
+            values = ray.get(ref)
+        except RayActorError as exc:  # died, or unavailable while Ray restarts it
+            if call.actor[0] != "pool":
+                raise
+            p = call.actor[1]
+            if p not in self._recovering:  # a new incident: its environments are gone
+                self._recovering.add(p)
+                self._stats.pool_restarts += 1
+                self._pool_lost(p, f"env pool {p} died ({type(exc).__name__})")
+                return
+            # the same incident, a call that raced the restart: resets go again after a pause
+            self._backoff[p] = time.monotonic() + RESTART_BACKOFF_S
+            for key, attempt in call.members:
+                ep = self._live.get(key)
+                if ep is not None and ep.attempt == attempt:
+                    if isinstance(ep.request, Reset):
+                        ep.dispatched = False
+                    else:
+                        self._fault(ep, f"env pool {p} restarting")
+            return
+        if call.actor[0] == "pool":
+            self._recovering.discard(call.actor[1])  # it answered: back in service
+        else:  # a GenerationBatch: every output of one call comes from one weights version
+            version, values = values.version, values.outputs
+        for (key, attempt), value in zip(call.members, values):
+            ep = self._live.get(key)
+            if ep is None or ep.attempt != attempt:
+                continue  # an answer for an attempt that was dropped
+            if isinstance(value, EnvFailure):
+                self.pools[ep.pool].release.remote([ep.slot])
+                self._fault(ep, value.error)
+                continue
+            if isinstance(ep.request, Reset):
+                ep.has_env = True
+            elif isinstance(ep.request, Generate):
+                ep.min_version = version if ep.min_version is None else min(ep.min_version, version)
+            self._advance(ep, value)
+
+    def _dispatch(self, restarting: set[int]) -> None:
+        busy = {c.actor for c in self._inflight.values()}  # at most one call in flight per actor
         busy |= {("pool", p) for p in restarting}
         gens: dict[tuple, list[_Live]] = defaultdict(list)
         resets: dict[int, list[_Live]] = defaultdict(list)
         steps: dict[int, list[_Live]] = defaultdict(list)
-        for ep in live.values():
+        for ep in self._live.values():
             if ep.dispatched:
                 continue
             r = ep.request
             if isinstance(r, Generate):
-                s = ep.index % len(self.samplers)
-                if ("sampler", s) not in busy:
-                    gens[(s, r.stage, r.max_new_tokens)].append(ep)
+                if ("sampler", ep.sampler) not in busy:
+                    req = self._jobs[ep.job].req
+                    gens[(ep.sampler, r.stage, r.max_new_tokens, req.temperature, req.top_p)].append(ep)
             elif isinstance(r, (Reset, Step)) and ("pool", ep.pool) not in busy:
                 (resets if isinstance(r, Reset) else steps)[ep.pool].append(ep)
             elif not isinstance(r, (Reset, Step)):
-                raise TypeError(f"episode {ep.index} yielded an unknown request {r!r}")
+                raise TypeError(f"episode {ep.key} yielded an unknown request {r!r}")
         calls: list[tuple[tuple[str, int], list[_Live], ray.ObjectRef]] = []
-        for (s, _stage, max_new), eps in gens.items():
-            params = SamplingParams(req.temperature, req.top_p, max_new)
-            ref = self.samplers[s].generate.remote([e.request.prompt_ids for e in eps], params)
+        for (s, _stage, max_new, temperature, top_p), eps in gens.items():
+            params = SamplingParams(temperature, top_p, max_new)
+            ref = self.samplers[s].generate.remote([e.request.prompt_ids for e in eps], params,
+                                                   [e.request.seed for e in eps])
             calls.append((("sampler", s), eps, ref))
-            stats.generate_calls += 1
+            self._stats.generate_calls += 1
         for p, eps in resets.items():
             calls.append((("pool", p), eps, self.pools[p].reset.remote([(e.slot, e.request.task) for e in eps])))
         for p, eps in steps.items():
@@ -276,11 +426,12 @@ class RolloutWorker:
         for actor, eps, ref in calls:
             deadline = float("inf")
             if actor[0] == "pool":
-                stats.env_calls += 1
+                self._stats.env_calls += 1
                 # calls to one actor run one after another: a deadline covers the queue ahead of it too
-                queued = [c.deadline for c in inflight.values() if c.actor == actor]
-                deadline = max([now, *queued]) + req.faults.step_timeout_s * len(eps)
-            inflight[ref] = _Call(actor, [(e.index, e.attempt) for e in eps], deadline)
+                timeout = max(self._jobs[e.job].req.faults.step_timeout_s for e in eps)
+                queued = [c.deadline for c in self._inflight.values() if c.actor == actor]
+                deadline = max([now, *queued]) + timeout * len(eps)
+            self._inflight[ref] = _Call(actor, [(e.key, e.attempt) for e in eps], deadline, now)
             for e in eps:
                 e.dispatched = True
 

@@ -1,0 +1,180 @@
+"""The asynchronous actor-learner loop: rollouts stream while the learner trains, staleness bounded.
+
+The driver reacts to three kinds of event (one `ray.wait` over all of them):
+  poll    finished groups from the streaming rollout worker: accepted into the buffer, or dropped when
+          staler than eta (`AdmissionController`)
+  update  the learner finished batch k: its weights go to every sampler, one packet, one call each
+  sync    every sampler holds version k+1: the version advances and admission opens up to (eta + v + 1) * B
+and between events it
+  admits  new groups while `accepted + running < (eta + v + 1) * B`, each pinned to the newest library tag
+  forms   a batch of the B oldest fresh groups once the learner is idle: credit (pure), `learner.update`
+          (not waited on), then the library write and tag iter-k, which overlap the update.
+
+Sampling never waits for the learner except through admission; environment stepping is per trajectory in
+the worker. With eta = 0 the events can only happen in the synchronous order (B groups at version v,
+nothing more until v+1 is on every sampler), and the run equals `run_sync` exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+
+import ray
+
+from skill1.algo.admission import AdmissionController, staleness
+from skill1.algo.batch import episodes_to_samples
+from skill1.metrics import episode_metrics, fault_metrics
+from skill1.rollout.worker import RolloutRequest, RolloutStats
+from skill1.trainer import TaskPlan, TrainContext, busy_fractions, compute_credit, fault_policy, update_library
+from skill1.types import Episode
+
+POLL_WAIT_S = 0.5  # a poll returns at once when a group is done; this only bounds an idle wait
+
+
+@dataclass
+class _Group:
+    seq: int
+    episodes: list[Episode]
+    behaviour_version: int  # the oldest weights that generated for any of its episodes
+
+
+@dataclass
+class _Batch:
+    iteration: int
+    groups: list[_Group]
+    learner_version: int  # the weights that train it
+    episodes: list[Episode] = field(default_factory=list)  # trainable ones
+    all_episodes: list[Episode] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def _stats_delta(new: RolloutStats, old: RolloutStats) -> RolloutStats:
+    return RolloutStats(**{f.name: getattr(new, f.name) - getattr(old, f.name)
+                           for f in fields(RolloutStats) if f.name != "fault_log"})
+
+
+def staleness_metrics(groups: list[_Group], learner_version: int, eta: int) -> dict[str, float]:
+    values = [staleness(learner_version, g.behaviour_version) for g in groups]
+    m = {"async/staleness_mean": sum(values) / max(1, len(values)), "async/staleness_max": float(max(values, default=0))}
+    m.update({f"async/staleness/{s}": values.count(s) / max(1, len(values)) for s in range(eta + 1)})
+    return m
+
+
+def take_batch(buffer: list[_Group], learner_version: int,
+               ctl: AdmissionController) -> tuple[list[_Group], list[_Group], int]:
+    """(the B oldest groups within eta of `learner_version` or [] if fewer are fresh, the rest, how many
+    expired). Expired groups leave the buffer and are counted as dropped by `ctl`."""
+    fresh, expired = [], 0
+    for g in sorted(buffer, key=lambda g: g.seq):
+        if ctl.is_fresh(learner_version, g.behaviour_version):
+            fresh.append(g)
+        else:
+            ctl.on_expired()
+            expired += 1
+    b = ctl.groups_per_batch
+    return (fresh[:b], fresh[b:], expired) if len(fresh) >= b else ([], fresh, expired)
+
+
+def run_async(ctx: TrainContext, bar) -> dict:
+    cfg, fleet = ctx.cfg, ctx.fleet
+    a, r = cfg.algorithm.effective(), cfg.rollout
+    B, eta = a.tasks_per_iteration, r.max_staleness
+    plan, ctl = TaskPlan(cfg, ctx.task_source), AdmissionController(eta, B)
+    needed = a.iterations * B  # never admit more than the run can train
+    version = learner_version = 0  # on every sampler / finished by the learner
+    next_seq, formed, logged = 0, 0, 0
+    buffer: list[_Group] = []
+    pinned = ctx.pinned_library()
+    poll_ref = update_ref = None
+    sync_refs: list = []
+    training: _Batch | None = None
+    counters = {"dropped_on_finish": 0, "expired_in_buffer": 0}
+    headroom_min = float("inf")
+    last_stats, last_busy, stats, busy = RolloutStats(), {}, RolloutStats(), {}
+    last_log, metrics, t_sync = time.perf_counter(), {}, 0.0
+
+    while logged < a.iterations:
+        # admit: as many groups as capacity allows, all pinned to the newest library tag
+        requests = []
+        while ctl.can_submit(version) and ctl.accepted + ctl.running < needed:
+            tasks, groups, ids = plan.group(next_seq)
+            requests.append(RolloutRequest(tasks, groups, ids, ctx.settings, ctx.retrieval, r.temperature, r.top_p,
+                                           pinned, version, fault_policy(cfg), tag=str(next_seq)))
+            ctl.on_submit(version)
+            next_seq += 1
+        if requests:
+            fleet.worker.submit.remote(requests)
+        headroom_min = min(headroom_min, ctl.capacity(version) - ctl.accepted - ctl.running)
+
+        # form a batch: the B oldest groups still within eta of the weights that will train them
+        if update_ref is None and not sync_refs:
+            groups, buffer, expired = take_batch(buffer, learner_version, ctl)
+            counters["expired_in_buffer"] += expired
+            if groups:
+                formed += 1
+                training = _Batch(formed, groups, learner_version)
+                training.all_episodes = [e for g in training.groups for e in g.episodes]
+                training.episodes = [e for e in training.all_episodes if not e.env_failed]
+                credits = compute_credit(training.episodes, cfg)
+                update_ref = fleet.learner.update.remote(episodes_to_samples(training.episodes, credits),
+                                                         recompute_proximal=eta > 0)
+                t0 = time.perf_counter()
+                training.metrics = {**episode_metrics(training.episodes, credits),
+                                    **update_library(ctx.library, ctx.encoder, training.episodes, formed, cfg),
+                                    **staleness_metrics(training.groups, learner_version, eta),
+                                    "time/library_s": time.perf_counter() - t0}
+                pinned = ctx.pinned_library()
+
+        # wait for the next event
+        if poll_ref is None:
+            poll_ref = fleet.worker.poll.remote(POLL_WAIT_S)
+        waiting = [poll_ref, *([update_ref] if update_ref is not None else []), *sync_refs]
+        ray.wait(waiting, num_returns=1)
+        ready = set(ray.wait(waiting, num_returns=len(waiting), timeout=0)[0])
+
+        if poll_ref in ready:
+            progress = ray.get(poll_ref)
+            poll_ref, stats, busy = None, progress.stats, progress.busy_s
+            for tag, episodes in progress.completed:
+                behaviour = min(e.policy_version for e in episodes)
+                if ctl.on_finish(learner_version, behaviour):
+                    buffer.append(_Group(int(tag), episodes, behaviour))
+                else:
+                    counters["dropped_on_finish"] += 1
+
+        if update_ref is not None and update_ref in ready:
+            training.metrics.update(ray.get(update_ref))
+            update_ref = None
+            learner_version += 1
+            packet = fleet.learner.get_weights.remote()
+            t_sync = time.perf_counter()
+            sync_refs = [s.load_weights.remote(packet) for s in fleet.samplers]
+
+        if sync_refs and all(ref in ready for ref in sync_refs):
+            versions = ray.get(sync_refs)
+            sync_refs = []
+            if set(versions) != {learner_version}:
+                raise RuntimeError(f"weights sync: samplers hold {versions}, the learner {learner_version}")
+            version = learner_version
+            now = time.perf_counter()
+            wall = now - last_log
+            m = training.metrics
+            m.update({**fault_metrics(training.all_episodes, _stats_delta(stats, last_stats)),
+                      **busy_fractions(last_busy, busy, wall),
+                      "policy/version": float(version), "time/sync_s": now - t_sync, "time/iteration_s": wall,
+                      "time/learner_s": m.get("learner/update_s", 0.0),
+                      "time/learner_busy": m.get("learner/update_s", 0.0) / wall,
+                      "time/episodes_per_s": len(training.episodes) / wall,
+                      "async/submitted": float(ctl.submitted), "async/accepted": float(ctl.accepted),
+                      "async/dropped": float(ctl.dropped), "async/running": float(ctl.running),
+                      "async/capacity": float(ctl.capacity(version)), "async/buffered": float(len(buffer)),
+                      "async/capacity_headroom_min": float(headroom_min),
+                      **{f"async/{k}": float(v) for k, v in counters.items()}})
+            last_log, last_stats, last_busy, metrics = now, stats, busy, m
+            logged += 1
+            bar.update(1)
+            ctx.report(training.iteration, m, wall, bar)
+            training = None
+    fleet.worker.stop.remote()
+    return metrics
