@@ -25,16 +25,30 @@ class SamplingParams:
     max_new_tokens: int = 32
 
 
+@dataclass(frozen=True)
+class GenerationBatch:
+    """What a sampler actor returns: outputs plus the weights version that produced all of them (weights
+    change only between calls), which stamps every episode for staleness accounting."""
+
+    version: int
+    outputs: list[Generated]
+
+
 class Sampler(Protocol):
     version: int
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generated]: ...
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[Generated]: ...
 
     def load_weights(self, packet: WeightsPacket) -> None: ...
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
-    """Draw one token per row; return (tokens, log-probs under the distribution actually sampled from)."""
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+                row_generators: list[torch.Generator] | None = None):
+    """Draw one token per row; return (tokens, log-probs under the distribution actually sampled from).
+
+    With `row_generators` each row draws from its own generator (inverse-CDF, one uniform per row), so a
+    sequence's tokens do not depend on which other sequences share its batch."""
     logits = logits.float()
     if temperature == 0:
         logp = torch.log_softmax(logits, dim=-1)
@@ -48,7 +62,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         sorted_logp = sorted_logp.masked_fill(outside, float("-inf"))
         logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
         logp = torch.log_softmax(logp, dim=-1)
-    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    if row_generators is None:
+        tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    else:
+        cdf = logp.exp().cumsum(-1)
+        u = torch.stack([torch.rand((), generator=g, device=g.device) for g in row_generators]).to(cdf.device)
+        # first index whose cumulative mass exceeds u * total: always a token with positive probability
+        tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+        tokens = tokens.clamp(max=cdf.shape[-1] - 1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -64,6 +85,7 @@ class HFSampler:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=self.device)
         self.pad_id = self.tokenizer.pad_token_id
+        self.seed = seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.version = 0
 
@@ -71,14 +93,20 @@ class HFSampler:
         load_packet(self.model, packet)
         self.version = packet.version
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generated]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[Generated]:
         out: list[Generated] = []
         for start in range(0, len(prompts), self.max_batch_size):
-            out.extend(self._generate_batch(prompts[start:start + self.max_batch_size], params))
+            chunk = slice(start, start + self.max_batch_size)
+            out.extend(self._generate_batch(prompts[chunk], params, seeds[chunk] if seeds is not None else None))
         return out
 
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generated]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams,
+                        seeds: list[int] | None) -> list[Generated]:
+        rows = None
+        if seeds is not None:
+            rows = [torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + s) for s in seeds]
         batch, width = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
@@ -94,7 +122,7 @@ class HFSampler:
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         tokens_out, logps_out = [], []
         for _ in range(params.max_new_tokens):
-            tokens, logps = sample_next(out.logits[:, -1], params.temperature, params.top_p, self.generator)
+            tokens, logps = sample_next(out.logits[:, -1], params.temperature, params.top_p, self.generator, rows)
             tokens = tokens.masked_fill(finished, self.pad_id)
             tokens_out.append(tokens)
             logps_out.append(logps.masked_fill(finished, 0.0))
@@ -125,4 +153,8 @@ def make_sampler(backend: str, model_path: str, dtype: str, seed: int, device: s
         from skill1.rollout.scripted import ScriptedSampler
 
         return ScriptedSampler(model_path, seed=seed)
-    raise ValueError(f"rollout.backend: unknown sampler backend {backend!r} (available: 'hf', 'scripted')")
+    if backend == "vllm":
+        from skill1.rollout.vllm import VLLMSampler  # imports vLLM only when asked for
+
+        return VLLMSampler(model_path, dtype=dtype, seed=seed)
+    raise ValueError(f"rollout.backend: unknown sampler backend {backend!r} (available: 'hf', 'scripted', 'vllm')")
