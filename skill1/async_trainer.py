@@ -86,7 +86,8 @@ def run_async(ctx: TrainContext, bar) -> dict:
     next_seq, formed, logged = 0, 0, 0
     buffer: list[_Group] = []
     pinned = ctx.pinned_library()
-    poll_ref = update_ref = None
+    poll_ref = None
+    update_refs: list = []  # one per learner rank, rank 0 first
     sync_refs: list = []
     training: _Batch | None = None
     counters = {"dropped_on_finish": 0, "expired_in_buffer": 0}
@@ -108,7 +109,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
         headroom_min = min(headroom_min, ctl.capacity(version) - ctl.accepted - ctl.running)
 
         # form a batch: the B oldest groups still within eta of the weights that will train them
-        if update_ref is None and not sync_refs:
+        if not update_refs and not sync_refs:
             groups, buffer, expired = take_batch(buffer, learner_version, ctl)
             counters["expired_in_buffer"] += expired
             if groups:
@@ -117,8 +118,8 @@ def run_async(ctx: TrainContext, bar) -> dict:
                 training.all_episodes = [e for g in training.groups for e in g.episodes]
                 training.episodes = [e for e in training.all_episodes if not e.env_failed]
                 credits = compute_credit(training.episodes, cfg)
-                update_ref = fleet.learner.update.remote(episodes_to_samples(training.episodes, credits),
-                                                         recompute_proximal=eta > 0)
+                update_refs = fleet.update(episodes_to_samples(training.episodes, credits),
+                                           recompute_proximal=eta > 0)
                 t0 = time.perf_counter()
                 training.metrics = {**episode_metrics(training.episodes, credits),
                                     **update_library(ctx.library, ctx.encoder, training.episodes, formed, cfg),
@@ -129,7 +130,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
         # wait for the next event
         if poll_ref is None:
             poll_ref = fleet.worker.poll.remote(POLL_WAIT_S)
-        waiting = [poll_ref, *([update_ref] if update_ref is not None else []), *sync_refs]
+        waiting = [poll_ref, *update_refs, *sync_refs]
         ray.wait(waiting, num_returns=1)
         ready = set(ray.wait(waiting, num_returns=len(waiting), timeout=0)[0])
 
@@ -143,16 +144,17 @@ def run_async(ctx: TrainContext, bar) -> dict:
                 else:
                     counters["dropped_on_finish"] += 1
 
-        if update_ref is not None and update_ref in ready:
-            training.metrics.update(ray.get(update_ref))
-            update_ref = None
+        if update_refs and all(ref in ready for ref in update_refs):
+            training.metrics.update(ray.get(update_refs)[0])
+            update_refs = []
             learner_version += 1
-            packet = fleet.learner.get_weights.remote()
             t_sync = time.perf_counter()
-            sync_refs = [s.load_weights.remote(packet) for s in fleet.samplers]
+            acks, others = fleet.push_weights(learner_version)
+            sync_refs = [*acks, *others]
 
         if sync_refs and all(ref in ready for ref in sync_refs):
-            versions = ray.get(sync_refs)
+            versions = ray.get(sync_refs[:len(fleet.samplers)])
+            ray.get(sync_refs)
             sync_refs = []
             if set(versions) != {learner_version}:
                 raise RuntimeError(f"weights sync: samplers hold {versions}, the learner {learner_version}")

@@ -212,8 +212,9 @@ class AlgorithmConfig:
 class LearnerConfig:
     backend: str = "deepspeed"  # deepspeed | torch (AdamW fallback where DeepSpeed is absent)
     zero_stage: int = 2
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
+    num_ranks: int = 1  # data-parallel learner ranks (Ray actors in one DeepSpeed group; needs deepspeed)
+    num_cpus: float = 0.5  # per rank
+    num_gpus: float = 0.0  # per rank
     torch_threads: int = 2
     lr: float = 1e-4  # tiny model; the 7B configs use 1e-6
     weight_decay: float = 0.0
@@ -224,9 +225,20 @@ class LearnerConfig:
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per epoch
     micro_batch_tokens: int = 8192  # token budget of one forward/backward
+    # learner -> samplers: object_store (anywhere) | collective (NCCL on GPU, gloo on CPU; disaggregated
+    # placements) | cuda_ipc (samplers on the learner's own GPU: colocated)
+    weight_sync: str = "object_store"
+    weight_sync_bucket_mb: float = 256.0  # collective: one broadcast per bucket of this size
 
     def validate(self) -> None:
         _one_of(self.backend, "learner.backend", ("deepspeed", "torch"))
+        _one_of(self.weight_sync, "learner.weight_sync", ("object_store", "collective", "cuda_ipc"))
+        _check(self.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
+        _check(self.num_ranks == 1 or self.backend == "deepspeed", "learner.num_ranks",
+               "several ranks need learner.backend=deepspeed")
+        _check(self.weight_sync != "cuda_ipc" or self.num_gpus > 0, "learner.weight_sync",
+               "cuda_ipc needs the learner on a GPU (learner.num_gpus > 0)")
+        _check(self.weight_sync_bucket_mb > 0, "learner.weight_sync_bucket_mb", "must be > 0")
         _one_of(self.zero_stage, "learner.zero_stage", (0, 1, 2, 3))
         _check(self.lr > 0, "learner.lr", f"must be > 0, got {self.lr}")
         _check(0 < self.clip_eps < 1, "learner.clip_eps", "must be in (0, 1)")
@@ -235,6 +247,21 @@ class LearnerConfig:
         _check(self.ppo_epochs >= 1, "learner.ppo_epochs", "must be >= 1")
         _check(self.mini_batches >= 1, "learner.mini_batches", "must be >= 1")
         _check(self.micro_batch_tokens >= 64, "learner.micro_batch_tokens", "must be >= 64")
+
+
+@dataclass
+class PlacementConfig:
+    """Where samplers and learner ranks go (env pools SPREAD on their own: `env.pool_scheduling`)."""
+
+    mode: str = "none"  # none: Ray places each actor | split: own bundles (NCCL sync) | colocate: sampler i on
+    #                     learner rank i % ranks's bundle, sharing its GPU (CUDA IPC sync)
+    strategy: str = "PACK"  # Ray placement-group strategy for those bundles
+    timeout_s: float = 600.0  # waiting for the cluster to have room (autoscaler included)
+
+    def validate(self) -> None:
+        _one_of(self.mode, "placement.mode", ("none", "split", "colocate"))
+        _one_of(self.strategy, "placement.strategy", ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        _check(self.timeout_s > 0, "placement.timeout_s", "must be > 0")
 
 
 @dataclass
@@ -261,13 +288,14 @@ class Skill1Config:
     library: LibraryConfig = field(default_factory=LibraryConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> "Skill1Config":
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(self.save_every >= 0, "save_every", "must be >= 0")
         for section in (self.model, self.env, self.rollout, self.library, self.algorithm,
-                        self.learner, self.logging):
+                        self.learner, self.placement, self.logging):
             section.validate()
         return self
 

@@ -40,6 +40,37 @@ class SamplerHost:
         self.sampler.load_weights(packet)
         return self.sampler.version
 
+    def open_channel(self, host: str, port: int, rank: int, world: int, backend: str, bucket_bytes: int,
+                     layout) -> None:
+        from skill1.learner.weight_sync import CollectiveChannel
+
+        self.channel, self.layout = CollectiveChannel(host, port, rank, world, backend, bucket_bytes), layout
+
+    def weights_digest(self) -> str | None:
+        """sha256 of this sampler's weights (None for a backend without a local model, e.g. scripted)."""
+        from skill1.learner.weight_sync import digest, flat_weights
+
+        model = getattr(self.sampler, "model", None)
+        return digest(flat_weights(model)) if isinstance(model, __import__("torch").nn.Module) else None
+
+    def receive_weights(self, version: int) -> int:
+        """The other end of the learner's `broadcast_weights`: one buffer, filled in place, then loaded."""
+        import torch
+
+        from skill1.learner.weight_sync import packet_from_flat
+
+        device = getattr(self.sampler, "device", "cuda" if torch.cuda.is_available() else "cpu")
+        flat = torch.empty(self.layout.numel, dtype=getattr(torch, self.layout.dtype), device=device)
+        self.channel.broadcast(flat)
+        self.sampler.load_weights(packet_from_flat(version, self.layout, flat))
+        return self.sampler.version
+
+    def load_ipc(self, version: int, handle, layout) -> int:
+        from skill1.learner.weight_sync import open_cuda_ipc, packet_from_flat
+
+        self.sampler.load_weights(packet_from_flat(version, layout, open_cuda_ipc(handle)))
+        return self.sampler.version
+
     def version(self) -> int:
         return self.sampler.version
 
@@ -53,11 +84,73 @@ class Fleet:
     pools: list
     samplers: list
     worker: object
-    learner: object | None
+    learners: list  # data-parallel ranks; [0] is the one whose weights are synced and saved
+    weight_sync: str = "object_store"
+    layout: object = None  # WeightsLayout, for the transports that send it once
+    on_gpu: bool = False
+    all_ranks_read_weights: bool = False  # ZeRO-3 over several ranks: reading weights is a collective
+    placement_group: object = None
+    store: object = None  # the learner ranks' rendezvous TCPStore (kept alive by the driver)
+
+    @property
+    def learner(self):
+        return self.learners[0] if self.learners else None
+
+    def _read(self, method: str, *args):
+        """Call a weights-reading learner method: on rank 0, or on every rank when it is a collective."""
+        ranks = self.learners if self.all_ranks_read_weights else self.learners[:1]
+        refs = [getattr(a, method).remote(*args) for a in ranks]
+        return refs[0], refs[1:]
+
+    def update(self, samples: list, recompute_proximal: bool = False) -> list:
+        """One update on every learner rank, each on a token-balanced shard; refs, rank 0's first."""
+        shards = shard_by_tokens(samples, len(self.learners))
+        return [a.update.remote(shard, recompute_proximal=recompute_proximal)
+                for a, shard in zip(self.learners, shards)]
+
+    def save(self, out_dir: str) -> str:
+        return ray.get([a.save.remote(out_dir) for a in self.learners])[0]
+
+    def push_weights(self, version: int) -> tuple[list, list]:
+        """Start one weight sync learner -> every sampler: (sampler acknowledgement refs, other refs).
+        Each returns the version the sampler now holds; nothing is waited on here."""
+        if self.weight_sync == "collective":
+            sent, others = self._read("broadcast_weights")
+            return [s.receive_weights.remote(version) for s in self.samplers], [sent, *others]
+        if self.weight_sync == "cuda_ipc":
+            handle, others = self._read("cuda_ipc_weights")
+            return [s.load_ipc.remote(version, handle, self.layout) for s in self.samplers], others
+        packet, others = self._read("get_weights")  # one object-store put, one call per sampler
+        return [s.load_weights.remote(packet) for s in self.samplers], others
+
+    def open_weight_channel(self, backend: str, bucket_bytes: int) -> None:
+        """Collective transport: one process group of learner rank 0 + samplers, formed once at start."""
+        self.layout = ray.get(self.learner.weights_layout.remote())
+        if backend == "collective":
+            host, port = ray.get(self.learner.node_address.remote())
+            world, kind = len(self.samplers) + 1, "nccl" if self.on_gpu else "gloo"
+            ray.get([self.learner.open_channel.remote(host, port, world, kind, bucket_bytes),
+                     *[s.open_channel.remote(host, port, i + 1, world, kind, bucket_bytes, self.layout)
+                       for i, s in enumerate(self.samplers)]])
+        self.weight_sync = backend
 
     def shutdown(self) -> None:
-        for actor in [*self.pools, *self.samplers, self.worker, *([self.learner] if self.learner else [])]:
+        for actor in [*self.pools, *self.samplers, self.worker, *self.learners]:
             ray.kill(actor)
+        if self.placement_group is not None:
+            ray.util.remove_placement_group(self.placement_group)
+
+
+def shard_by_tokens(samples: list, n: int) -> list[list]:
+    """Longest first onto the rank with the fewest tokens so far: balanced work, deterministic."""
+    if n == 1:
+        return [list(samples)]
+    shards, load = [[] for _ in range(n)], [0] * n
+    for s in sorted(samples, key=lambda s: -len(s.input_ids)):
+        k = min(range(n), key=lambda i: (load[i], i))
+        shards[k].append(s)
+        load[k] += len(s.input_ids)
+    return shards
 
 
 def start_env_pools(cfg: Skill1Config) -> list:
@@ -71,22 +164,77 @@ def start_env_pools(cfg: Skill1Config) -> list:
             .remote(e.name, e.max_steps, e.env_options()) for i in range(e.num_pools)]
 
 
+def plan_placement(cfg: Skill1Config, with_learner: bool) -> tuple[list[dict], list[int], list[int]]:
+    """Bundles of one placement group for learner ranks and samplers, and each actor's bundle index.
+
+    split:    a bundle per learner rank and one per sampler (disaggregated: NCCL weight sync)
+    colocate: sampler i shares learner rank i % ranks's bundle, i.e. its GPU (CUDA IPC weight sync)
+    Env pools stay outside: they SPREAD over CPU nodes (`env.pool_scheduling`)."""
+    r, lc = cfg.rollout, cfg.learner
+    ranks = lc.num_ranks if with_learner else 0
+    learner_res = {"CPU": lc.num_cpus, "GPU": lc.num_gpus}
+    sampler_res = {"CPU": r.num_cpus_per_sampler, "GPU": r.num_gpus_per_sampler}
+    if cfg.placement.mode == "colocate" and ranks:
+        bundles = [dict(learner_res) for _ in range(ranks)]
+        sampler_at = [i % ranks for i in range(r.num_samplers)]
+        for b in sampler_at:
+            for k, v in sampler_res.items():
+                bundles[b][k] += v
+        learner_at = list(range(ranks))
+    else:
+        bundles = [dict(learner_res) for _ in range(ranks)] + [dict(sampler_res) for _ in range(r.num_samplers)]
+        learner_at, sampler_at = list(range(ranks)), list(range(ranks, ranks + r.num_samplers))
+    # Ray refuses empty bundles; a token CPU keeps zero-resource actors placeable
+    bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.001} for b in bundles]
+    return bundles, learner_at, sampler_at
+
+
 def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, with_learner: bool) -> Fleet:
     r, lc = cfg.rollout, cfg.learner
     pools = start_env_pools(cfg)
+    pg, learner_opts, sampler_opts = None, [{} for _ in range(lc.num_ranks)], [{} for _ in range(r.num_samplers)]
+    if cfg.placement.mode != "none":
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundles, learner_at, sampler_at = plan_placement(cfg, with_learner)
+        pg = placement_group(bundles, strategy=cfg.placement.strategy, name=f"{cfg.name}:fleet")
+        ray.get(pg.ready(), timeout=cfg.placement.timeout_s)
+
+        def at(i: int) -> dict:
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
+
+        learner_opts, sampler_opts = [at(i) for i in learner_at], [at(i) for i in sampler_at]
     samplers = [ray.remote(SamplerHost).options(name=f"{cfg.name}:sampler-{i}", num_cpus=r.num_cpus_per_sampler,
                                                 num_gpus=r.num_gpus_per_sampler,
-                                                runtime_env=_threads(r.torch_threads))
+                                                runtime_env=_threads(r.torch_threads), **sampler_opts[i])
                 # one seed for all: per-request seeds make a draw independent of the sampler it lands on
                 .remote(r.backend, model_path, cfg.model.dtype, cfg.algorithm.seed) for i in range(r.num_samplers)]
     # threaded: submit/poll reach it while its streaming loop runs
     worker = ray.remote(RolloutWorker).options(name=f"{cfg.name}:rollout-worker", num_cpus=0.25,
                                                max_concurrency=4).remote(
         model_path, samplers, pools, library_path, cfg.library.encoder)
-    learner = None
+    learners, store = [], None
     if with_learner:
-        learner = ray.remote(Learner).options(
-            name=f"{cfg.name}:learner", num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
+        world = lc.num_ranks
+        if world > 1:  # the driver hosts the ranks' rendezvous: no rank must start first
+            import datetime
+
+            import torch.distributed as dist
+
+            from skill1.learner.learner import _free_port
+
+            host, port = ray.util.get_node_ip_address(), _free_port()
+            store = dist.TCPStore(host, port, is_master=True, wait_for_workers=False,
+                                  timeout=datetime.timedelta(seconds=900))
+        learners = [ray.remote(Learner).options(
+            name=f"{cfg.name}:learner-{rank}", num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
             runtime_env=_threads(lc.torch_threads, DS_ACCELERATOR="cpu" if lc.num_gpus == 0 else "cuda"),
-        ).remote(model_path, lc, dtype=cfg.model.dtype, temperature=r.temperature, seed=cfg.algorithm.seed)
-    return Fleet(pools, samplers, worker, learner)
+            **learner_opts[rank],
+        ).remote(model_path, lc, dtype=cfg.model.dtype, temperature=r.temperature, seed=cfg.algorithm.seed,
+                 rank=rank, world=world, store=(host, port) if world > 1 else None) for rank in range(world)]
+    fleet = Fleet(pools, samplers, worker, learners, on_gpu=lc.num_gpus > 0,
+                  all_ranks_read_weights=lc.num_ranks > 1 and lc.zero_stage == 3, placement_group=pg, store=store)
+    if learners and lc.weight_sync != "object_store":
+        fleet.open_weight_channel(lc.weight_sync, int(lc.weight_sync_bucket_mb * 2**20))
+    return fleet

@@ -156,13 +156,14 @@ class TrainContext:
     def pinned_library(self) -> int | None:
         return self.library.version if self.cfg.algorithm.effective().use_library and self.library.size() > 0 else None
 
-    def sync_weights(self) -> int:
-        """Learner -> every sampler, one packet, one call each; returns the version they all hold."""
-        packet = self.fleet.learner.get_weights.remote()
-        versions = ray.get([s.load_weights.remote(packet) for s in self.fleet.samplers])
-        if len(set(versions)) != 1:
-            raise RuntimeError(f"samplers disagree on the weights version after a sync: {versions}")
-        return versions[0]
+    def sync_weights(self, version: int) -> int:
+        """Learner -> every sampler (`learner.weight_sync` transport); returns the version they all hold."""
+        acks, others = self.fleet.push_weights(version)
+        versions = ray.get(acks)
+        ray.get(others)
+        if set(versions) != {version}:
+            raise RuntimeError(f"weights sync: samplers hold {versions}, the learner {version}")
+        return version
 
     def report(self, it: int, metrics: dict, step_s: float, bar) -> None:
         self.logger.log(metrics, step=it)
@@ -172,7 +173,7 @@ class TrainContext:
                    f"valid actions {metrics.get('act/valid_rate', 0):.2f}  library {int(metrics['library/size'])}  "
                    f"step {step_s:.1f}s")
         if self.cfg.save_every and it % self.cfg.save_every == 0 and it < self.cfg.algorithm.iterations:
-            ray.get(self.fleet.learner.save.remote(str(self.run_dir / "checkpoints" / f"iter-{it}")))
+            self.fleet.save(str(self.run_dir / "checkpoints" / f"iter-{it}"))
 
 
 def busy_fractions(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
@@ -198,10 +199,10 @@ def run_sync(ctx: TrainContext, bar) -> dict:
         # episodes whose environment kept failing are not the policy's doing: not scored, not learned from
         episodes = [e for e in all_episodes if not e.env_failed]
         credits = compute_credit(episodes, cfg)
-        learner_metrics = (ray.get(fleet.learner.update.remote(episodes_to_samples(episodes, credits)))
-                           if episodes else {})
+        # an empty batch still makes a (no-op) update: one policy version per iteration, always
+        learner_metrics = ray.get(fleet.update(episodes_to_samples(episodes, credits)))[0]
         t2 = time.perf_counter()
-        policy_version = ctx.sync_weights()
+        policy_version = ctx.sync_weights(int(learner_metrics["learner/version"]))
         t3 = time.perf_counter()
         lib_metrics = update_library(ctx.library, ctx.encoder, episodes, it, cfg)
         t4 = time.perf_counter()
@@ -247,7 +248,7 @@ def train(cfg: Skill1Config) -> TrainResult:
         else:
             metrics = run_sync(ctx, bar)
         checkpoint = run_dir / "checkpoints" / "final"
-        ray.get(fleet.learner.save.remote(str(checkpoint)))
+        fleet.save(str(checkpoint))
     finally:
         logger.finish()
         fleet.shutdown()

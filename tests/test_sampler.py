@@ -77,3 +77,27 @@ def test_sampler_takes_new_weights_and_version(small_model_dir, sampler):
         bad = pack_state(other, 8)
         bad.names[0] = "nope"
         load_packet(sampler.model, bad)
+
+
+def test_seeded_rows_draw_the_same_tokens_whatever_they_are_batched_with(sampler):
+    """Per-request seeds: a sequence's sample depends on its seed, not on its batch-mates or their order."""
+    p = _prompts(sampler.tokenizer)
+    params = SamplingParams(1.0, 0.9, 12)
+    together = sampler.generate(p, params, seeds=[11, 12, 13])
+    reversed_ = sampler.generate(p[::-1], params, seeds=[13, 12, 11])[::-1]
+    alone = sampler.generate(p[:1], params, seeds=[11])
+    assert [o.response_ids for o in together] == [o.response_ids for o in reversed_]
+    assert together[0].response_ids == alone[0].response_ids
+    other = sampler.generate(p[:1], params, seeds=[99])
+    assert other[0].response_ids != alone[0].response_ids  # the seed matters
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    tokens, logps = sample_next(torch.log(probs).expand(4000, 4), 1.0, 1.0, None, gens)
+    freq = torch.bincount(tokens, minlength=4).float() / 4000
+    torch.testing.assert_close(freq, probs, atol=0.03, rtol=0)
+    torch.testing.assert_close(logps, torch.log(probs)[tokens])
+    tokens, _ = sample_next(torch.log(probs).expand(400, 4), 1.0, 0.6, None, gens[:400])
+    assert set(tokens.tolist()) <= {0, 1}  # top-p 0.6: only the two most likely tokens

@@ -6,6 +6,7 @@ engine config takes bf16 and ZeRO-2/3 (multi-rank learner groups are issue 6).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -19,7 +20,8 @@ from skill1.algo.losses import ppo_clip_loss
 from skill1.config import LearnerConfig
 from skill1.learner.batching import MicroBatch, collate, split_by_token_budget
 from skill1.learner.forward import response_logprobs
-from skill1.learner.weight_sync import pack_state
+from skill1.learner.weight_sync import (CollectiveChannel, WeightsLayout, cuda_ipc_handle, digest, flat_weights,
+                                        layout_of, pack_state)
 from skill1.models.tiny import load_policy
 from skill1.types import TrainSample, WeightsPacket
 
@@ -30,8 +32,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def join_learner_group(rank: int, world: int, store_host: str, store_port: int, timeout_s: float = 900) -> None:
+    """Data-parallel learner ranks meet through a TCPStore the driver hosts (so no rank has to be created
+    first to publish an address); DeepSpeed then finds torch.distributed initialised and uses the group."""
+    import datetime
+
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(store_host, store_port, is_master=False, timeout=timeout)
+    for key, value in (("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", 0), ("MASTER_ADDR", store_host),
+                       ("MASTER_PORT", store_port)):
+        os.environ[key] = str(value)  # Ray gives each rank its own GPU: it is always local device 0
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=store, rank=rank,
+                            world_size=world, timeout=timeout)
+
+
 def deepspeed_engine(model: torch.nn.Module, cfg: LearnerConfig, bf16: bool):
-    """A one-rank DeepSpeed engine; on CPU it needs the CPU accelerator and gloo, set before import."""
+    """A DeepSpeed engine over the learner ranks (one unless `join_learner_group` ran first); on CPU it
+    needs the CPU accelerator and gloo, set before import. On GPU: ZeRO-2/3 with bf16, overlapped comms."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -44,7 +63,8 @@ def deepspeed_engine(model: torch.nn.Module, cfg: LearnerConfig, bf16: bool):
     ds_config = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,  # boundaries are set by hand: micro-batch counts vary
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": {"stage": cfg.zero_stage,
+                              **({"overlap_comm": True, "contiguous_gradients": True} if on_gpu else {})},
         "bf16": {"enabled": bf16},
         "gradient_clipping": cfg.max_grad_norm,
         # torch_adam avoids compiling DeepSpeed's CPU Adam extension on first use
@@ -58,8 +78,16 @@ def deepspeed_engine(model: torch.nn.Module, cfg: LearnerConfig, bf16: bool):
 
 
 class Learner:
+    """One learner rank. With `world > 1` the ranks are data parallel: each gets a shard of every batch and
+    DeepSpeed averages their gradients; rank 0's weights are the ones synced to samplers and saved."""
+
     def __init__(self, model_path: str, cfg: LearnerConfig, *, dtype: str = "float32", temperature: float = 1.0,
-                 seed: int = 0):
+                 seed: int = 0, rank: int = 0, world: int = 1, store: tuple[str, int] | None = None):
+        if world > 1:
+            if cfg.backend != "deepspeed" or store is None:
+                raise ValueError("several learner ranks need learner.backend=deepspeed and a rendezvous store")
+            join_learner_group(rank, world, *store)
+        self.rank, self.world = rank, world
         torch.manual_seed(seed)
         self.cfg, self.temperature, self.rng = cfg, temperature, random.Random(seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -84,22 +112,23 @@ class Learner:
         log-probs before the update, and the gap to the behaviour policy that sampled the data is
         corrected by a truncated importance weight (decoupled PPO). Off, the behaviour log-probs are the
         proximal ones (on-policy: the synchronous algorithm)."""
-        if not samples:  # still a policy version: every version number means one update call
+        if not samples and self.world == 1:  # still a policy version: every version number means one update call
             self.version += 1
             return {"learner/steps": 0.0, "learner/version": float(self.version)}
         start, totals, steps, tokens = time.perf_counter(), {}, 0, 0
         pad, self._is_max = self.tokenizer.pad_token_id, 0.0
-        staleness = [self.version - s.policy_version for s in samples]
+        staleness = [self.version - s.policy_version for s in samples] or [0]
         if recompute_proximal:
             samples = self._with_proximal(samples)
         prox_s = time.perf_counter() - start
         for _ in range(self.cfg.ppo_epochs):
             order = samples[:]
             self.rng.shuffle(order)
-            size = -(-len(order) // self.cfg.mini_batches)
-            for mini in (order[i:i + size] for i in range(0, len(order), size)):
+            for mini in self._mini_batches(order):
                 micro = [collate(g, pad) for g in split_by_token_budget(mini, self.cfg.micro_batch_tokens)]
                 num_tokens = sum(mb.num_tokens for mb in micro)
+                if not micro:  # this rank's shard ran out: join the gradient all-reduce with zeros
+                    self._empty_step()
                 for j, mb in enumerate(micro):
                     stats = self._micro_step(mb, num_tokens, boundary=j == len(micro) - 1)
                     for k, v in stats.items():
@@ -109,9 +138,10 @@ class Learner:
                 steps, tokens = steps + 1, tokens + num_tokens
         self.version += 1
         elapsed = time.perf_counter() - start
-        metrics = {f"learner/{k}": v / tokens for k, v in totals.items()}
+        metrics = {f"learner/{k}": v / max(tokens, 1) for k, v in totals.items()}
         metrics.update({"learner/steps": float(steps), "learner/tokens": float(tokens),
                         "learner/tokens_per_s": tokens / elapsed, "learner/update_s": elapsed,
+                        "learner/ranks": float(self.world),
                         "learner/proximal_s": prox_s, "learner/version": float(self.version),
                         "learner/sample_staleness_mean": sum(staleness) / len(staleness),
                         "learner/is_weight_max": self._is_max})
@@ -136,6 +166,18 @@ class Learner:
                 out.append(dataclasses.replace(sample, proximal_logprobs=logp[offset:offset + n].tolist()))
                 offset += n
         return out
+
+    def _mini_batches(self, order: list[TrainSample]) -> list[list[TrainSample]]:
+        m = self.cfg.mini_batches
+        if self.world > 1:  # every rank must take the same number of optimizer steps, even an empty one
+            return [order[i::m] for i in range(m)]
+        size = -(-len(order) // m)
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    def _empty_step(self) -> None:
+        zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+        self.engine.set_gradient_accumulation_boundary(True)
+        self.engine.backward(zero, scale_wrt_gas=False)
 
     def _micro_step(self, mb: MicroBatch, num_tokens: int, boundary: bool) -> dict[str, float]:
         logp = response_logprobs(self.model, mb, self.temperature)
@@ -166,11 +208,49 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
+    def _gathered(self):
+        """ZeRO-3 shards parameters across ranks: gather them to read whole weights."""
+        if self.engine is not None and self.cfg.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
+        return contextlib.nullcontext()
+
     def get_weights(self) -> WeightsPacket:
-        return pack_state(self.model, self.version)
+        with self._gathered():
+            return pack_state(self.model, self.version)
+
+    # weight-sync transports other than the object store (see skill1.learner.weight_sync)
+    def weights_layout(self) -> WeightsLayout:
+        return layout_of(self.model)
+
+    def node_address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def open_channel(self, host: str, port: int, world: int, backend: str, bucket_bytes: int) -> None:
+        self.channel = CollectiveChannel(host, port, 0, world, backend, bucket_bytes)
+
+    def broadcast_weights(self) -> dict:
+        with self._gathered():
+            buckets = self.channel.broadcast(flat_weights(self.model))
+        return {"version": self.version, "buckets": buckets}
+
+    def weights_digest(self) -> str:
+        with self._gathered():
+            return digest(flat_weights(self.model))
+
+    def cuda_ipc_weights(self):
+        with self._gathered():
+            self._ipc_flat = flat_weights(self.model).contiguous()  # kept alive until the next sync
+        return cuda_ipc_handle(self._ipc_flat)
 
     def save(self, out_dir: str) -> str:
-        """A complete HF model dir (config, weights, tokenizer): loadable by the sampler, eval, or HF."""
-        self.model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
+        """A complete HF model dir (config, weights, tokenizer): loadable by the sampler, eval, or HF.
+        Every rank calls it (ZeRO-3 gathers); rank 0 writes."""
+        with self._gathered():
+            if self.rank == 0:
+                self.model.save_pretrained(out_dir)
+                self.tokenizer.save_pretrained(out_dir)
         return out_dir

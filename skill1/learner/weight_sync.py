@@ -2,12 +2,13 @@
 
 Per-parameter RPCs are the top complaint about weight sync in RLHF frameworks; a packet is a single
 contiguous tensor plus names and shapes, which Ray moves as one zero-copy numpy buffer on a node.
-(NCCL broadcast / CUDA IPC for GPU placements are issue 6; they implement the same pack/load pair.)
+The transports at the end of this module (collective broadcast, CUDA IPC) move the same flat buffer.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,10 +34,13 @@ def pack_state(model: torch.nn.Module, version: int) -> WeightsPacket:
 
 def unpack(packet: WeightsPacket) -> dict[str, torch.Tensor]:
     dtype = getattr(torch, packet.dtype)
-    with warnings.catch_warnings():  # the object store hands out read-only arrays; we only read them
-        warnings.simplefilter("ignore", UserWarning)
-        flat = torch.from_numpy(np.asarray(packet.flat))
-    if dtype in _VIEW_AS:
+    if isinstance(packet.flat, torch.Tensor):  # arrived by a collective or CUDA IPC
+        flat = packet.flat
+    else:
+        with warnings.catch_warnings():  # the object store hands out read-only arrays; we only read them
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.from_numpy(np.asarray(packet.flat))
+    if dtype in _VIEW_AS and flat.dtype != dtype:
         flat = flat.view(dtype)
     out, offset = {}, 0
     for name, shape in zip(packet.names, packet.shapes):
@@ -57,3 +61,96 @@ def load_packet(model: torch.nn.Module, packet: WeightsPacket) -> None:
         raise KeyError(f"weights packet v{packet.version} lacks {sorted(missing)[:5]}")
     for name, value in tensors.items():
         params[name].copy_(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Transports. The object store (above: one packet, one call per sampler) works everywhere. On GPUs the same
+# flat buffer goes learner -> samplers by a collective broadcast in a process group of its own (NCCL across
+# GPUs, disaggregated; gloo on CPU, which is how it is tested here), or, for a sampler on the learner's own
+# GPU (colocated), by CUDA IPC: the sampler maps the learner's buffer, nothing is copied through the host.
+
+WEIGHT_SYNC_BACKENDS = ("object_store", "collective", "cuda_ipc")
+
+
+@dataclass(frozen=True)
+class WeightsLayout:
+    """Names, shapes and dtype of the flat buffer: sent once when a channel opens, not with every sync."""
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    dtype: str
+
+    @property
+    def numel(self) -> int:
+        return sum(int(np.prod(s)) if s else 1 for s in self.shapes)
+
+
+def layout_of(model: torch.nn.Module) -> WeightsLayout:
+    named = _named_tensors(model)
+    return WeightsLayout([n for n, _ in named], [tuple(t.shape) for _, t in named],
+                         str(named[0][1].dtype).removeprefix("torch."))
+
+
+def flat_weights(model: torch.nn.Module) -> torch.Tensor:
+    """All parameters back to back, on the model's device (no host copy)."""
+    named = _named_tensors(model)
+    return torch.cat([t.reshape(-1) for _, t in named])
+
+
+class CollectiveChannel:
+    """A process group of its own (rank 0 = the learner, ranks 1.. = samplers), apart from the learner's
+    DeepSpeed group; `broadcast` sends rank 0's flat buffer to every other rank in buckets."""
+
+    def __init__(self, host: str, port: int, rank: int, world: int, backend: str, bucket_bytes: int,
+                 timeout_s: float = 600):
+        import datetime
+
+        import torch.distributed as dist
+
+        self.dist, self.rank, self.bucket_bytes = dist, rank, bucket_bytes
+        store = dist.TCPStore(host, port, world, rank == 0, timeout=datetime.timedelta(seconds=timeout_s))
+        store = dist.PrefixStore("skill1-weights", store)
+        if backend == "nccl":
+            self.pg = dist.ProcessGroupNCCL(store, rank, world)
+        elif backend == "gloo":
+            self.pg = dist.ProcessGroupGloo(store, rank, world, datetime.timedelta(seconds=timeout_s))
+        else:
+            raise ValueError(f"collective weight sync: backend must be 'nccl' or 'gloo', got {backend!r}")
+
+    def broadcast(self, flat: torch.Tensor) -> int:
+        """One broadcast per bucket (bounded staging memory, still few calls); returns the bucket count."""
+        wire = flat.view(_VIEW_AS.get(flat.dtype, flat.dtype))  # gloo has no bfloat16; the bits are the same
+        step = max(1, self.bucket_bytes // wire.element_size())
+        opts = self.dist.BroadcastOptions()
+        opts.rootRank = 0
+        chunks = wire.split(step)
+        for chunk in chunks:
+            self.pg.broadcast([chunk], opts).wait()
+        return len(chunks)
+
+
+def digest(flat) -> str:
+    """sha256 of a weights buffer: learner and samplers compare it to prove a sync delivered every bit."""
+    import hashlib
+
+    t = flat if isinstance(flat, torch.Tensor) else torch.from_numpy(np.asarray(flat))
+    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def packet_from_flat(version: int, layout: WeightsLayout, flat: torch.Tensor) -> WeightsPacket:
+    """A packet over a buffer that arrived by a transport (host or device tensor)."""
+    return WeightsPacket(version=version, names=layout.names, shapes=layout.shapes, dtype=layout.dtype, flat=flat)
+
+
+def cuda_ipc_handle(flat: torch.Tensor):
+    """A picklable handle to a CUDA tensor that another process on the same GPU can map (no copy)."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    if not flat.is_cuda:
+        raise ValueError("CUDA IPC weight sync needs the learner's weights on a GPU")
+    return reduce_tensor(flat)
+
+
+def open_cuda_ipc(handle) -> torch.Tensor:
+    rebuild, args = handle
+    return rebuild(*args)

