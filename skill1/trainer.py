@@ -32,7 +32,7 @@ from skill1.library.retrieval import RetrievalSettings
 from skill1.metrics import MetricsLogger, episode_metrics, fault_metrics
 from skill1.models.provision import ensure_policy
 from skill1.rollout.worker import EnvFaultPolicy, RolloutRequest
-from skill1.runtime import init_ray, start_fleet
+from skill1.runtime import init_ray, sampler_python, start_fleet
 from skill1.types import Episode
 
 
@@ -221,6 +221,7 @@ def run_sync(ctx: TrainContext, bar) -> dict:
 def train(cfg: Skill1Config) -> TrainResult:
     # before anything starts: missing benchmark data is one clear error, not a crash inside an actor
     task_source, a = make_task_source(cfg.env.name, **cfg.env.source_options()), cfg.algorithm.effective()
+    sampler_python(cfg)  # a missing vLLM install is a one-line error too
     cfg.check_run_dir_free()
     run_dir = cfg.run_dir
     shutil.rmtree(run_dir, ignore_errors=True)  # only reached when empty or overwrite=true

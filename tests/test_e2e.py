@@ -20,6 +20,10 @@ from skill1.models.tiny import load_policy
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
+# the benchmark configs are laid out for 8 GPUs; these put the same run on one CPU machine (README)
+CPU_OVERRIDES = ["rollout.backend=hf", "rollout.num_samplers=1", "rollout.num_gpus_per_sampler=0",
+                 "rollout.num_cpus_per_sampler=0.5", "learner.num_ranks=1", "learner.num_gpus=0", "learner.num_cpus=0.5",
+                 "learner.zero_stage=2", "learner.weight_sync=object_store", "placement.mode=none"]
 FAST = ["env.max_steps=4", "rollout.max_new_tokens_act=24", "rollout.max_new_tokens_distill=40",
         "rollout.max_new_tokens_query=16", "algorithm.tasks_per_iteration=2", "algorithm.group_size=4",
         "logging.progress=false", "env.eval_tasks=6"]
@@ -154,7 +158,8 @@ def test_train_and_eval_on_the_webshop_fixture_with_its_conventions(warm_model, 
     cfg = load_config(ROOT / "pipelines/configs/webshop.yaml", [
         f"output_dir={tmp_path / 'runs'}", f"model.path={warm_model}", "model.dtype=float32",
         f"env.data_path={shop}", "env.task_options.eval_size=4", "env.task_options.validation_size=8",
-        "env.num_pools=1", "env.num_cpus_per_pool=0.25", "env.memory_per_pool_mb=0", "algorithm.iterations=1",
+        *CPU_OVERRIDES, "env.num_pools=1", "env.num_cpus_per_pool=0.25", "env.memory_per_pool_mb=0",
+        "algorithm.iterations=1",
         "save_every=0", "learner.lr=1e-4", "logging.wandb_mode=disabled", *FAST, "env.max_steps=2",
         "algorithm.group_size=2", "env.eval_tasks=4"])
     assert cfg.env.invalid_action_penalty == 0.5

@@ -72,3 +72,19 @@ def test_two_learner_ranks_in_a_placement_group_equal_one_rank_on_the_whole_batc
     got = unpack(packet)
     for name, p in single.model.named_parameters():
         torch.testing.assert_close(got[name], p.detach(), atol=2e-6, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_placement_the_cluster_cannot_fit_is_one_clear_error(small_model_dir):
+    import ray
+
+    from skill1.runtime import init_ray, start_fleet
+
+    cfg = load_config(None, ["name=nofit", f"model.path={small_model_dir}", "placement.mode=split",
+                             "learner.num_gpus=1", "placement.timeout_s=2", "env.num_cpus_per_pool=0"])
+    init_ray(cfg)
+    try:
+        with pytest.raises(RuntimeError, match="could not fit bundles .*GPU.* placement.mode=none"):
+            start_fleet(cfg, small_model_dir, None, with_learner=True)
+    finally:
+        ray.shutdown()

@@ -109,7 +109,12 @@ class VLLMSampler:
 
     def load_weights(self, packet: WeightsPacket) -> None:
         """One RPC per sync: the flat buffer travels to the worker as one bytes object."""
-        flat = np.ascontiguousarray(packet.flat)
+        flat = packet.flat
+        if not isinstance(flat, np.ndarray):  # a tensor from a collective / CUDA IPC transport: to host once
+            from skill1.learner.weight_sync import _VIEW_AS
+
+            flat = flat.detach().view(_VIEW_AS.get(flat.dtype, flat.dtype)).cpu().numpy()
+        flat = np.ascontiguousarray(flat)
         # bytes, not the array: collective_rpc's untyped args reach the worker with an ndarray still msgpack-encoded
         self.llm.collective_rpc("skill1_load_weights", args=(
             list(packet.names), [list(s) for s in packet.shapes], packet.dtype, flat.tobytes(), flat.dtype.str))
