@@ -119,7 +119,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
                 training.episodes = [e for e in training.all_episodes if not e.env_failed]
                 credits = compute_credit(training.episodes, cfg)
                 update_refs = fleet.update(episodes_to_samples(training.episodes, credits),
-                                           recompute_proximal=eta > 0)
+                                           recompute_proximal=eta > 0 and cfg.learner.recompute_proximal)
                 t0 = time.perf_counter()
                 training.metrics = {**episode_metrics(training.episodes, credits),
                                     **update_library(ctx.library, ctx.encoder, training.episodes, formed, cfg),

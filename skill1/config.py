@@ -225,6 +225,9 @@ class LearnerConfig:
     clip_eps: float = 0.2
     kl_coef: float = 0.01
     is_cap: float = 2.0  # truncated importance weight against the behaviour policy
+    # async: recompute the learner's own log-probs as the PPO proximal policy (decoupled PPO, one extra
+    # forward pass); false: the behaviour log-probs are the proximal ones (plain PPO on stale data, cheaper)
+    recompute_proximal: bool = True
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per epoch
     micro_batch_tokens: int = 8192  # token budget of one forward/backward
