@@ -80,36 +80,54 @@ def run_async(ctx: TrainContext, bar) -> dict:
     cfg, fleet = ctx.cfg, ctx.fleet
     a, r = cfg.algorithm.effective(), cfg.rollout
     B, eta = a.tasks_per_iteration, r.max_staleness
-    plan, ctl = TaskPlan(cfg, ctx.task_source), AdmissionController(eta, B)
+    start = ctx.start_iteration
+    # the groups trained before a resume were submitted and accepted: capacity counts them
+    plan, ctl = TaskPlan(cfg, ctx.task_source), AdmissionController(eta, B, submitted=start * B, accepted=start * B)
     needed = a.iterations * B  # never admit more than the run can train
-    version = learner_version = 0  # on every sampler / finished by the learner
-    next_seq, formed, logged = 0, 0, 0
+    version = learner_version = start  # on every sampler / finished by the learner
+    next_seq, formed, logged = 0, start, start
     buffer: list[_Group] = []
+    running: set[int] = set()  # group numbers submitted and not back yet
+    replay: list[int] = []  # groups that were running at the checkpoint: played again first
+    if ctx.resumed is not None:
+        next_seq, replay = ctx.resumed.state.next_seq, list(ctx.resumed.state.running_seqs)
+        for g in ctx.resumed.buffer:  # finished before the checkpoint, not trained: not lost, not re-run
+            ctl.on_submit(version)
+            if ctl.on_finish(learner_version, g.behaviour_version):
+                buffer.append(g)
     pinned = ctx.pinned_library()
     poll_ref = None
     update_refs: list = []  # one per learner rank, rank 0 first
     sync_refs: list = []
     training: _Batch | None = None
     counters = {"dropped_on_finish": 0, "expired_in_buffer": 0}
-    headroom_min = float("inf")
+    headroom_min, restarts_seen = float("inf"), 0
     last_stats, last_busy, stats, busy = RolloutStats(), {}, RolloutStats(), {}
     last_log, metrics, t_sync = time.perf_counter(), {}, 0.0
 
     while logged < a.iterations:
+        if ctx.stop and not update_refs and not sync_refs:
+            # SIGTERM with the learner idle: a consistent point. What runs now is played again on resume.
+            ctx.stop_now(logged, next_seq, running.union(replay), buffer)
+            break
         # admit: as many groups as capacity allows, all pinned to the newest library tag
         requests = []
-        while ctl.can_submit(version) and ctl.accepted + ctl.running < needed:
-            tasks, groups, ids = plan.group(next_seq)
+        while not ctx.stop and ctl.can_submit(version) and ctl.accepted + ctl.running < needed:
+            if replay:
+                seq = replay.pop(0)
+            else:
+                seq, next_seq = next_seq, next_seq + 1
+            tasks, groups, ids = plan.group(seq)
             requests.append(RolloutRequest(tasks, groups, ids, ctx.settings, ctx.retrieval, r.temperature, r.top_p,
-                                           pinned, version, fault_policy(cfg), tag=str(next_seq)))
+                                           pinned, version, fault_policy(cfg), tag=str(seq)))
             ctl.on_submit(version)
-            next_seq += 1
+            running.add(seq)
         if requests:
             fleet.worker.submit.remote(requests)
         headroom_min = min(headroom_min, ctl.capacity(version) - ctl.accepted - ctl.running)
 
         # form a batch: the B oldest groups still within eta of the weights that will train them
-        if not update_refs and not sync_refs:
+        if not update_refs and not sync_refs and not ctx.stop:
             groups, buffer, expired = take_batch(buffer, learner_version, ctl)
             counters["expired_in_buffer"] += expired
             if groups:
@@ -138,6 +156,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
             progress = ray.get(poll_ref)
             poll_ref, stats, busy = None, progress.stats, progress.busy_s
             for tag, episodes in progress.completed:
+                running.discard(int(tag))
                 behaviour = min(e.policy_version for e in episodes)
                 if ctl.on_finish(learner_version, behaviour):
                     buffer.append(_Group(int(tag), episodes, behaviour))
@@ -149,6 +168,8 @@ def run_async(ctx: TrainContext, bar) -> dict:
             update_refs = []
             learner_version += 1
             t_sync = time.perf_counter()
+            fleet.heal(stats.sampler_restarts > restarts_seen)
+            restarts_seen = stats.sampler_restarts
             acks, others = fleet.push_weights(learner_version)
             sync_refs = [*acks, *others]
 
@@ -175,8 +196,14 @@ def run_async(ctx: TrainContext, bar) -> dict:
                       **{f"async/{k}": float(v) for k, v in counters.items()}})
             last_log, last_stats, last_busy, metrics = now, stats, busy, m
             logged += 1
+            ctx.record_trained(training.iteration, [g.seq for g in training.groups], training.episodes)
             bar.update(1)
             ctx.report(training.iteration, m, wall, bar)
             training = None
+            if ctx.due(logged):  # the learner is idle and the library tagged: a consistent point
+                ctx.checkpoint(logged, next_seq, running.union(replay), buffer)
+    else:
+        if ctx.stop:
+            ctx.stop_now(logged, next_seq, running.union(replay), buffer)
     fleet.worker.stop.remote()
     return metrics

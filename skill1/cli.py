@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,11 +17,40 @@ from skill1.library_cli import CommandError
 from skill1.library_cli import register as register_library
 
 
-def _train(args) -> None:
+def train_config(args) -> tuple:
+    """(config, resume?) for `skill1 train`: a fresh run from --config, or the run dir's own config to resume."""
+    resume = args.resume
+    if args.auto_resume:  # a retried job (preemption, RayJob backoffLimit) continues its run, else starts it
+        if not args.config:
+            raise ConfigError("--auto-resume: needs --config (it names the run dir to look in)")
+        from skill1.checkpoint import latest_checkpoint
+
+        cfg = load_config(args.config, args.overrides)
+        if latest_checkpoint(cfg.run_dir) is None:
+            return cfg, False
+        resume = str(cfg.run_dir)
+    elif resume and args.config:
+        raise ConfigError("--resume: the run's own config.yaml is used; pass changes as key=value overrides")
+    if resume:
+        run = Path(resume).resolve()
+        # the run dir is where it is now, whatever output_dir it was started with
+        return _run_config(str(run), [*args.overrides, f"output_dir={run.parent}", f"name={run.name}"]), True
+    cfg = load_config(args.config, args.overrides)
+    sweep_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    if sweep_run:  # a wandb sweep agent's run: its own run dir, not the config's shared one
+        cfg = load_config(args.config, [*args.overrides, f"name={cfg.name}-{sweep_run}"])
+    return cfg, False
+
+
+def _train(args) -> int:
     from skill1.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
-    result = train(cfg)
+    cfg, resume = train_config(args)
+    result = train(cfg, resume=resume)
+    if result.stopped_at is not None:
+        print(f"\nStopped by a signal after iteration {result.stopped_at}; checkpoint saved.\n"
+              f"Continue it:  skill1 train --resume {result.run_dir}")
+        return 128 + 15  # what a SIGTERM-ed process reports: the run did not finish
     tags = ", ".join(sorted(result.library_tags, key=lambda t: (result.library_tags[t], len(t), t)))
     print(f"\nRun finished: {result.run_dir}\n"
           f"  policy checkpoint  {result.checkpoint}\n"
@@ -28,6 +58,7 @@ def _train(args) -> None:
           f"  metrics            {result.metrics_path}\n"
           f"  wandb (offline)    {result.wandb_dir or 'disabled'}\n"
           f"Evaluate it:  skill1 eval --run {result.run_dir}")
+    return 0
 
 
 def _run_config(run: str, overrides: list[str]):
@@ -71,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a policy (local Ray by default; RAY_ADDRESS to join a cluster)")
     t.add_argument("--config", help="YAML config (e.g. pipelines/configs/quickstart.yaml)")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue runs/<name> from its newest checkpoint (overrides may raise algorithm.iterations)")
+    t.add_argument("--auto-resume", action="store_true",
+                   help="with --config: resume the config's run dir if it has a checkpoint, else start it (for "
+                        "jobs that are retried after preemption)")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. learner.lr=1e-5")
     t.set_defaults(fn=_train)
     e = sub.add_parser("eval", help="evaluate a run's policy checkpoint and library on held-out tasks")
@@ -92,11 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        rc = args.fn(args)
+        return rc if isinstance(rc, int) else 0
     except (ConfigError, CommandError, EnvDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

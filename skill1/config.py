@@ -109,6 +109,8 @@ class RolloutConfig:
     # backend=vllm where vLLM is not importable here but .venv-vllm (scripts/setup_vllm_cpu.sh) exists
     sampler_python: Optional[str] = None
     num_samplers: int = 1
+    scripted_latency_s: float = 0.0  # backend=scripted: seconds per generate call (a real model's pace)
+    max_sampler_restarts: int = 3  # per sampler actor; its generations go to the others meanwhile (-1: unlimited)
     num_cpus_per_sampler: float = 0.5
     num_gpus_per_sampler: float = 0.0
     torch_threads: int = 2
@@ -126,6 +128,8 @@ class RolloutConfig:
         _check(isinstance(self.max_staleness, int) and self.max_staleness >= 0, "rollout.max_staleness",
                "must be an integer >= 0")
         _check(self.num_samplers >= 1, "rollout.num_samplers", "must be >= 1")
+        _check(self.scripted_latency_s >= 0, "rollout.scripted_latency_s", "must be >= 0")
+        _check(self.max_sampler_restarts >= -1, "rollout.max_sampler_restarts", "must be >= 0 (or -1: unlimited)")
         _check(self.temperature > 0, "rollout.temperature", "must be > 0 for training")
         _check(self.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0 = greedy)")
         _check(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
@@ -276,9 +280,12 @@ class LoggingConfig:
     wandb_project: str = "skill1"
     wandb_entity: Optional[str] = None
     progress: bool = True
+    ray_metrics: bool = True  # per-iteration gauges into Ray's metrics (the dashboard's Prometheus/Grafana view)
+    sample_skills: int = 8  # rows of the wandb table of skills logged each iteration (0: none)
 
     def validate(self) -> None:
         _one_of(self.wandb_mode, "logging.wandb_mode", ("offline", "online", "disabled"))
+        _check(self.sample_skills >= 0, "logging.sample_skills", "must be >= 0")
 
 
 @dataclass
@@ -286,7 +293,12 @@ class Skill1Config:
     name: str = "quickstart"
     output_dir: str = "runs"
     ray_address: Optional[str] = None  # None: RAY_ADDRESS if set, else a local instance
-    save_every: int = 0  # iterations between policy checkpoints (0: only at the end)
+    dashboard: bool = False  # local instance only: start Ray's dashboard (on dashboard_host:8265)
+    dashboard_host: str = "127.0.0.1"  # loopback unless you mean it: the dashboard is also the job-submission API
+    # iterations between resumable checkpoints (learner + optimizer, library tag, rollout cursor), and one
+    # after the last iteration; 0: none (a SIGTERM still checkpoints). `skill1 train --resume <run dir>`
+    save_every: int = 5
+    keep_checkpoints: int = 2  # newest resumable checkpoints kept (0: all)
     overwrite: bool = False  # replace an existing run dir of the same name (else refuse to start)
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -300,6 +312,7 @@ class Skill1Config:
     def validate(self) -> "Skill1Config":
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(self.save_every >= 0, "save_every", "must be >= 0")
+        _check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
         for section in (self.model, self.env, self.rollout, self.library, self.algorithm,
                         self.learner, self.placement, self.logging):
             section.validate()

@@ -72,4 +72,30 @@ def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str 
                               / max(1, sum(1 for e in episodes for s in e.segments if s.stage.value == "act"))),
     }
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    log_eval(cfg, report)
     return report
+
+
+def eval_metrics(report: dict) -> dict[str, float]:
+    """The report as `eval/...` metrics, the namespace they chart under next to the training curves."""
+    m = {"eval/success": report["success"], "eval/valid_action_rate": report["valid_action_rate"],
+         "eval/episodes": float(report["episodes"]), "eval/env_failed_episodes": float(report["env_failed_episodes"])}
+    m.update({f"eval/success/{fam}": rate for fam, rate in report["success_by_family"].items()})
+    return m
+
+
+def log_eval(cfg: Skill1Config, report: dict) -> None:
+    """Into the training run's own wandb run (same id, at the iteration of the newest checkpoint), when it has one."""
+    from skill1.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(cfg.run_dir)
+    if cfg.logging.wandb_mode == "disabled" or ckpt is None or ckpt.state.wandb_run_id is None:
+        return
+    import wandb
+
+    run = wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, dir=str(cfg.run_dir),
+                     mode=cfg.logging.wandb_mode, id=ckpt.state.wandb_run_id, resume="allow",
+                     reinit="finish_previous")
+    run.define_metric("eval/*", step_metric="iteration")
+    run.log({**eval_metrics(report), "iteration": ckpt.state.iteration})
+    run.finish()

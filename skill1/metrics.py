@@ -1,9 +1,10 @@
-"""Per-iteration metrics: computed from episodes (pure), logged to wandb, a JSONL file and the console."""
+"""Per-iteration metrics: computed from episodes (pure), logged to wandb, a JSONL file, Ray's metrics and the console."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,11 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
+def _stage_prefix(stage: str) -> str:
+    """Metric prefix of a generation stage: query and rerank are the two halves of selection (`select/query/...`)."""
+    return f"select/{stage}" if stage in (Stage.QUERY.value, Stage.RERANK.value) else stage
+
+
 def fault_metrics(episodes: Sequence[Episode], stats) -> dict[str, float]:
     """Environment faults of one rollout: what was re-queued, restarted, or given up on."""
     return {
@@ -28,6 +34,8 @@ def fault_metrics(episodes: Sequence[Episode], stats) -> dict[str, float]:
         "env/pool_restarts": float(stats.pool_restarts),
         "env/calls": float(stats.env_calls),
         "rollout/generate_calls": float(stats.generate_calls),
+        "rollout/sampler_restarts": float(stats.sampler_restarts),
+        "rollout/regenerated": float(stats.regenerated),
     }
 
 
@@ -47,12 +55,12 @@ def episode_metrics(episodes: Sequence[Episode], credits: Sequence[EpisodeCredit
     for stage in Stage:
         segs = [s for e in episodes for s in e.segments if s.stage is stage]
         if segs:
-            m[f"{stage.value}/valid_rate"] = _mean(float(s.valid) for s in segs)
-            m[f"{stage.value}/segments"] = float(len(segs))
+            m[f"{_stage_prefix(stage.value)}/valid_rate"] = _mean(float(s.valid) for s in segs)
+            m[f"{_stage_prefix(stage.value)}/segments"] = float(len(segs))
     errors: Counter[str] = Counter()
     for e in episodes:
         errors.update(e.parse_errors)
-    m.update({f"{key.split('/')[0]}/invalid/{key.split('/')[1]}": float(v) for key, v in errors.items()})
+    m.update({f"{_stage_prefix(key.split('/')[0])}/invalid/{key.split('/')[1]}": float(v) for key, v in errors.items()})
     with_cands = [e for e in episodes if e.candidates]
     m["select/with_candidates"] = float(len(with_cands))
     if with_cands:
@@ -71,25 +79,80 @@ def episode_metrics(episodes: Sequence[Episode], credits: Sequence[EpisodeCredit
     return m
 
 
+# the namespaces a metric may live in: one per stage of the episode, plus the machinery around them
+NAMESPACES = ("select", "act", "distill", "library", "learner", "eval", "rollout", "env", "async", "time", "policy")
+
+
+def skill_panels(skills: Sequence, rows: int) -> dict:
+    """wandb panels of the library as it stands: a table of sample skills (the most useful first, so a
+    curve of utility has names next to it) and histograms of utility and uses."""
+    import wandb
+
+    if not skills:
+        return {}
+    top = sorted(skills, key=lambda s: (-s.utility, s.id))[:rows]
+    panels = {"library/utility_hist": wandb.Histogram([s.utility for s in skills]),
+              "library/uses_hist": wandb.Histogram([s.uses for s in skills])}
+    if rows:
+        panels["library/skills"] = wandb.Table(
+            columns=["id", "utility", "uses", "wins", "created_iteration", "scenario", "strategy"],
+            data=[[s.id, s.utility, s.uses, s.wins, s.created_iteration, s.scenario, s.strategy] for s in top])
+    return panels
+
+
+class RayGauges:
+    """Every per-iteration metric as a `ray.util.metrics` gauge (`skill1_<namespace>_<name>`, tagged with the
+    run name): Ray's metrics agent exports them to Prometheus, so they chart in the dashboard's Metrics view
+    next to Ray's own. Created lazily, one per metric name."""
+
+    def __init__(self, run: str):
+        self.run, self.gauges = run, {}
+
+    @staticmethod
+    def metric_name(key: str) -> str:
+        return "skill1_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+    def set(self, metrics: dict[str, float]) -> None:
+        from ray.util.metrics import Gauge
+
+        for key, value in metrics.items():
+            name = self.metric_name(key)
+            if name not in self.gauges:
+                self.gauges[name] = Gauge(name, description=f"Skill1 {key} (per iteration)", tag_keys=("run",))
+            self.gauges[name].set(float(value), tags={"run": self.run})
+
+
 class MetricsLogger:
-    """One sink for every metric: wandb (offline unless configured), `metrics.jsonl`, and the console."""
+    """One sink for every metric: wandb (offline unless configured), `metrics.jsonl`, Ray's metrics (the
+    dashboard), and the console. wandb charts against `iteration` (not its own step), so a resumed run — same
+    wandb id — carries on the same curves even after iterations that were rolled back."""
 
     def __init__(self, run_dir: Path, config: dict, mode: str, project: str, entity: str | None, name: str,
-                 resume_step: int = 0):
+                 run_id: str | None = None, dashboard: bool = False, sample_skills: int = 8):
         self.path = run_dir / "metrics.jsonl"
-        self.run = None
+        self.run, self.sample_skills = None, sample_skills
+        self.gauges = RayGauges(name) if dashboard else None
         if mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
 
             self.run = wandb.init(project=project, entity=entity, name=name, dir=str(run_dir), mode=mode,
-                                  config=config, reinit="finish_previous")
+                                  config=config, id=run_id, resume="allow" if run_id else None,
+                                  reinit="finish_previous")
+            self.run.define_metric("iteration")
+            self.run.define_metric("*", step_metric="iteration")
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def log(self, metrics: dict[str, float], step: int, skills: Sequence | None = None) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.gauges is not None:
+            self.gauges.set({**metrics, "iteration": step})
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log({**metrics, "iteration": step, **skill_panels(skills or [], self.sample_skills)})
 
     @property
     def wandb_dir(self) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +24,27 @@ def init_ray(cfg: Skill1Config) -> None:
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     env_vars = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env_vars})
+        # under `ray job submit` the job's runtime_env applies already; Ray refuses a second value for a key
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        taken = (job.get("runtime_env") or {}).get("env_vars") or {}
+        env_vars = {k: v for k, v in env_vars.items() if k not in taken}
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None)
     else:
-        ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True,
-                 configure_logging=False)
+        ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=cfg.dashboard,
+                 dashboard_host=cfg.dashboard_host, log_to_driver=True, configure_logging=False)
 
 
 class SamplerHost:
     """Actor body for one sampler backend: generate, take weights, report its weights version."""
 
-    def __init__(self, backend: str, model_path: str, dtype: str, seed: int):
-        self.sampler = make_sampler(backend, model_path, dtype, seed)
+    def __init__(self, backend: str, model_path: str, dtype: str, seed: int, scripted_latency_s: float = 0.0):
+        self.sampler = make_sampler(backend, model_path, dtype, seed, scripted_latency_s=scripted_latency_s)
 
     def generate(self, prompts, params, seeds=None) -> GenerationBatch:
         return GenerationBatch(self.sampler.version, self.sampler.generate(prompts, params, seeds))
 
+    # weights calls wait out a restart (Ray retries them on the new process): loading is idempotent
+    @ray.method(max_task_retries=-1)
     def load_weights(self, packet) -> int:
         self.sampler.load_weights(packet)
         return self.sampler.version
@@ -73,6 +80,7 @@ class SamplerHost:
         self.sampler.load_weights(packet_from_flat(version, layout, open_cuda_ipc(handle)))
         return self.sampler.version
 
+    @ray.method(max_task_retries=-1)
     def version(self) -> int:
         return self.sampler.version
 
@@ -115,6 +123,7 @@ class Fleet:
     all_ranks_read_weights: bool = False  # ZeRO-3 over several ranks: reading weights is a collective
     placement_group: object = None
     store: object = None  # the learner ranks' rendezvous TCPStore (kept alive by the driver)
+    bucket_bytes: int = 0
 
     @property
     def learner(self):
@@ -135,6 +144,17 @@ class Fleet:
     def save(self, out_dir: str) -> str:
         return ray.get([a.save.remote(out_dir) for a in self.learners])[0]
 
+    def save_state(self, policy_dir: str, learner_dir: str) -> None:
+        """Checkpoint the learner side: an HF policy dir plus the resumable learner state (every rank)."""
+        self.save(policy_dir)
+        ray.get([a.save_state.remote(learner_dir) for a in self.learners])
+
+    def load_state(self, learner_dir: str) -> int:
+        versions = ray.get([a.load_state.remote(learner_dir) for a in self.learners])
+        if len(set(versions)) != 1:
+            raise RuntimeError(f"learner ranks resumed at different versions {versions}")
+        return versions[0]
+
     def push_weights(self, version: int) -> tuple[list, list]:
         """Start one weight sync learner -> every sampler: (sampler acknowledgement refs, other refs).
         Each returns the version the sampler now holds; nothing is waited on here."""
@@ -145,11 +165,19 @@ class Fleet:
             handle, others = self._read("cuda_ipc_weights")
             return [s.load_ipc.remote(version, handle, self.layout) for s in self.samplers], others
         packet, others = self._read("get_weights")  # one object-store put, one call per sampler
+        self.worker.set_weights_source.remote([packet])  # what a restarted sampler loads to rejoin
         return [s.load_weights.remote(packet) for s in self.samplers], others
+
+    def heal(self, samplers_restarted: bool) -> None:
+        """After a sampler restart the collective group lacks that rank: form it again before a broadcast."""
+        if samplers_restarted and self.weight_sync == "collective":
+            self.open_weight_channel("collective", self.bucket_bytes)
 
     def open_weight_channel(self, backend: str, bucket_bytes: int) -> None:
         """Collective transport: one process group of learner rank 0 + samplers, formed once at start."""
-        self.layout = ray.get(self.learner.weights_layout.remote())
+        self.layout, self.bucket_bytes = ray.get(self.learner.weights_layout.remote()), bucket_bytes
+        if backend != "object_store":  # a restarted sampler asks the learner for its weights
+            self.worker.set_weights_source.remote([None], self.learner)
         if backend == "collective":
             host, port = ray.get(self.learner.node_address.remote())
             world, kind = len(self.samplers) + 1, "nccl" if self.on_gpu else "gloo"
@@ -238,11 +266,13 @@ def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, wi
             return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
 
         learner_opts, sampler_opts = [at(i) for i in learner_at], [at(i) for i in sampler_at]
+    # a dead sampler comes back (from the initial weights; the worker hands it the current ones)
     samplers = [ray.remote(SamplerHost).options(name=f"{cfg.name}:sampler-{i}", num_cpus=r.num_cpus_per_sampler,
-                                                num_gpus=r.num_gpus_per_sampler,
+                                                num_gpus=r.num_gpus_per_sampler, max_restarts=r.max_sampler_restarts,
                                                 runtime_env=_sampler_env(cfg), **sampler_opts[i])
                 # one seed for all: per-request seeds make a draw independent of the sampler it lands on
-                .remote(r.backend, model_path, cfg.model.dtype, cfg.algorithm.seed) for i in range(r.num_samplers)]
+                .remote(r.backend, model_path, cfg.model.dtype, cfg.algorithm.seed, r.scripted_latency_s)
+                for i in range(r.num_samplers)]
     # threaded: submit/poll reach it while its streaming loop runs
     worker = ray.remote(RolloutWorker).options(name=f"{cfg.name}:rollout-worker", num_cpus=0.25,
                                                max_concurrency=4).remote(

@@ -14,9 +14,10 @@ Asynchronous (`rollout.mode: async`, the default): the same steps overlapped, wi
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -26,7 +27,9 @@ from skill1.agent.episode import EpisodeSettings
 from skill1.agent.prompts import PROMPT_VERSION
 from skill1.algo.advantages import assign_credit
 from skill1.algo.batch import credit_inputs, episodes_to_samples
-from skill1.config import Skill1Config, save_config
+from skill1.checkpoint import (Checkpoint, StopRequest, TrainState, latest_checkpoint, restore_driver_rng,
+                               truncate_jsonl, write_checkpoint)
+from skill1.config import ConfigError, Skill1Config, save_config
 from skill1.envs.registry import make_task_source
 from skill1.library.retrieval import RetrievalSettings
 from skill1.metrics import MetricsLogger, episode_metrics, fault_metrics
@@ -45,6 +48,7 @@ class TrainResult:
     library_tags: dict[str, int]
     wandb_dir: str | None
     final_metrics: dict
+    stopped_at: int | None = None  # SIGTERM: the iteration checkpointed before stopping (resume from there)
 
 
 def fault_policy(cfg: Skill1Config) -> EnvFaultPolicy:
@@ -152,6 +156,14 @@ class TrainContext:
     fleet: object
     settings: EpisodeSettings
     retrieval: RetrievalSettings
+    model_path: str = ""
+    start_iteration: int = 0  # iterations already trained (a resumed run)
+    resumed: Checkpoint | None = None
+    stop: StopRequest | None = None  # SIGTERM: checkpoint at the next consistent point, then stop
+    consumed: set[str] = field(default_factory=set)  # episode ids trained so far (the ledger)
+    trained_groups: list[int] = field(default_factory=list)
+    saved_iteration: int = -1  # the newest checkpoint written by this process
+    stopped_at: int | None = None  # the iteration a SIGTERM checkpointed
 
     def pinned_library(self) -> int | None:
         return self.library.version if self.cfg.algorithm.effective().use_library and self.library.size() > 0 else None
@@ -165,15 +177,48 @@ class TrainContext:
             raise RuntimeError(f"weights sync: samplers hold {versions}, the learner {version}")
         return version
 
+    def record_trained(self, iteration: int, seqs: list[int], episodes: list[Episode]) -> None:
+        """Append the batch to the consumed ledger; an episode id trained twice is a bug, never data."""
+        ids = [e.episode_id for e in episodes]
+        again = sorted(self.consumed.intersection(ids))
+        if again or len(set(ids)) != len(ids):
+            raise RuntimeError(f"iteration {iteration}: episodes trained before: {again[:5] or ids}")
+        self.consumed.update(ids)
+        self.trained_groups.extend(seqs)
+        with (self.run_dir / "trained.jsonl").open("a") as f:
+            f.write(json.dumps({"iteration": iteration, "groups": seqs, "episodes": ids}) + "\n")
+
     def report(self, it: int, metrics: dict, step_s: float, bar) -> None:
-        self.logger.log(metrics, step=it)
+        self.logger.log(metrics, step=it, skills=self.library.all_skills() if self.logger.run is not None else None)
         bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", success=f"{metrics['rollout/success']:.2f}",
                         library=int(metrics["library/size"]), step_s=f"{step_s:.1f}")
         tqdm.write(f"iter {it}: reward {metrics['rollout/reward']:.3f}  success {metrics['rollout/success']:.3f}  "
                    f"valid actions {metrics.get('act/valid_rate', 0):.2f}  library {int(metrics['library/size'])}  "
                    f"step {step_s:.1f}s")
-        if self.cfg.save_every and it % self.cfg.save_every == 0 and it < self.cfg.algorithm.iterations:
-            self.fleet.save(str(self.run_dir / "checkpoints" / f"iter-{it}"))
+
+    def due(self, it: int) -> bool:
+        """A periodic checkpoint after iteration `it` (every `save_every`, and after the last one)."""
+        return bool(self.cfg.save_every) and (it % self.cfg.save_every == 0 or it == self.cfg.algorithm.iterations)
+
+    def checkpoint(self, it: int, next_seq: int, running_seqs=(), buffer=(), reason: str = "periodic") -> Path:
+        """A resumable checkpoint after iteration `it`; call only with nothing in flight on the learner."""
+        lib_tag = f"iter-{it}" if it > 0 else None
+        state = TrainState(
+            iteration=it, policy_version=it, library_tag=lib_tag,
+            library_version=self.library.tags().get(lib_tag, self.library.version) if lib_tag else self.library.version,
+            next_seq=next_seq, running_seqs=sorted(running_seqs), trained_groups=list(self.trained_groups),
+            consumed_episodes=sorted(self.consumed), reference_model=self.model_path,
+            wandb_run_id=self.logger.run_id, reason=reason)
+        path = write_checkpoint(self.run_dir, state, list(buffer), self.fleet.save_state, self.cfg.keep_checkpoints)
+        self.saved_iteration = it
+        tqdm.write(f"checkpoint ({reason}): {path}")
+        return path
+
+    def stop_now(self, it: int, next_seq: int, running_seqs=(), buffer=()) -> None:
+        """SIGTERM: make sure iteration `it` is checkpointed, and mark the run as stopped there."""
+        if self.saved_iteration != it:
+            self.checkpoint(it, next_seq, running_seqs, buffer, reason=self.stop.requested or "stop")
+        self.stopped_at = it
 
 
 def busy_fractions(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
@@ -184,16 +229,30 @@ def busy_fractions(before: dict[str, float], after: dict[str, float], wall: floa
     return {f"time/{kind}_busy": sum(v) / len(v) for kind, v in out.items()}
 
 
+def _wait_or_stop(ref, stop) -> bool:
+    """Wait for `ref`; False if a stop was requested first (the call is abandoned)."""
+    while not ray.wait([ref], timeout=1.0)[0]:
+        if stop:
+            return False
+    return True
+
+
 def run_sync(ctx: TrainContext, bar) -> dict:
     """rollout -> credit -> learn -> sync -> library, one after another: the reference algorithm."""
     cfg, fleet, metrics = ctx.cfg, ctx.fleet, {}
-    policy_version, busy = 0, {}
-    for it in bar:
+    b = cfg.algorithm.tasks_per_iteration
+    policy_version, busy = ctx.start_iteration, {}
+    for it in range(ctx.start_iteration + 1, cfg.algorithm.iterations + 1):
         t0 = time.perf_counter()
         tasks, groups, ids = make_batch(cfg, it, ctx.task_source)
-        all_episodes = ray.get(fleet.worker.run.remote(RolloutRequest(
+        run = fleet.worker.run.remote(RolloutRequest(
             tasks, groups, ids, ctx.settings, ctx.retrieval, cfg.rollout.temperature, cfg.rollout.top_p,
-            ctx.pinned_library(), policy_version, fault_policy(cfg))))
+            ctx.pinned_library(), policy_version, fault_policy(cfg)))
+        # a SIGTERM before or during the rollout: nothing changed since iteration it-1: that is what is saved
+        if ctx.stop or not _wait_or_stop(run, ctx.stop):
+            ctx.stop_now(it - 1, (it - 1) * b)
+            return metrics
+        all_episodes = ray.get(run)
         rollout_stats, new_busy = ray.get([fleet.worker.stats.remote(), fleet.worker.busy.remote()])
         t1 = time.perf_counter()
         # episodes whose environment kept failing are not the policy's doing: not scored, not learned from
@@ -202,6 +261,7 @@ def run_sync(ctx: TrainContext, bar) -> dict:
         # an empty batch still makes a (no-op) update: one policy version per iteration, always
         learner_metrics = ray.get(fleet.update(episodes_to_samples(episodes, credits)))[0]
         t2 = time.perf_counter()
+        fleet.heal(rollout_stats.sampler_restarts > 0)
         policy_version = ctx.sync_weights(int(learner_metrics["learner/version"]))
         t3 = time.perf_counter()
         lib_metrics = update_library(ctx.library, ctx.encoder, episodes, it, cfg)
@@ -214,44 +274,92 @@ def run_sync(ctx: TrainContext, bar) -> dict:
                    "time/learner_busy": (t2 - t1) / (t4 - t0),
                    "time/episodes_per_s": len(episodes) / (t4 - t0)}
         busy = new_busy
+        ctx.record_trained(it, list(range((it - 1) * b, it * b)), episodes)
+        bar.update(1)
         ctx.report(it, metrics, t4 - t0, bar)
+        if ctx.due(it):
+            ctx.checkpoint(it, it * b)
+    if ctx.stop:
+        ctx.stop_now(cfg.algorithm.iterations, cfg.algorithm.iterations * b)
     return metrics
 
 
-def train(cfg: Skill1Config) -> TrainResult:
+def _prepare_resume(cfg: Skill1Config) -> Checkpoint:
+    ckpt = latest_checkpoint(cfg.run_dir)
+    if ckpt is None:
+        raise ConfigError(f"--resume: {cfg.run_dir} has no complete checkpoint (checkpoints/latest); runs save "
+                          f"every save_every iterations and on SIGTERM")
+    if ckpt.state.iteration > cfg.algorithm.iterations:
+        raise ConfigError(f"algorithm.iterations: {cfg.algorithm.iterations} is behind the checkpoint "
+                          f"(iteration {ckpt.state.iteration}); raise it to continue the run")
+    # what happened after the checkpoint never happened: its metrics and ledger lines go
+    truncate_jsonl(cfg.run_dir / "metrics.jsonl", "step", ckpt.state.iteration)
+    truncate_jsonl(cfg.run_dir / "trained.jsonl", "iteration", ckpt.state.iteration)
+    restore_driver_rng(ckpt.driver_rng)
+    return ckpt
+
+
+def train(cfg: Skill1Config, resume: bool = False) -> TrainResult:
+    """Train `cfg`; `resume=True` continues its run dir from the newest checkpoint instead of starting anew."""
     # before anything starts: missing benchmark data is one clear error, not a crash inside an actor
     task_source, a = make_task_source(cfg.env.name, **cfg.env.source_options()), cfg.algorithm.effective()
     sampler_python(cfg)  # a missing vLLM install is a one-line error too
-    cfg.check_run_dir_free()
     run_dir = cfg.run_dir
-    shutil.rmtree(run_dir, ignore_errors=True)  # only reached when empty or overwrite=true
-    run_dir.mkdir(parents=True)
+    ckpt = None
+    if resume:
+        ckpt = _prepare_resume(cfg)
+        model_path = ckpt.state.reference_model
+    else:
+        cfg.check_run_dir_free()
+        shutil.rmtree(run_dir, ignore_errors=True)  # only reached when empty or overwrite=true
+        run_dir.mkdir(parents=True)
+        model_path = ensure_policy(cfg.model)
     save_config(cfg, run_dir / "config.yaml")
-    model_path = ensure_policy(cfg.model)
     # Ray and wandb spawn their processes before LanceDB is imported (forking after it is unsafe)
     init_ray(cfg)
     logger = MetricsLogger(run_dir, {**cfg.to_dict(), "prompt_version": PROMPT_VERSION}, cfg.logging.wandb_mode,
-                           cfg.logging.wandb_project, cfg.logging.wandb_entity, cfg.name)
+                           cfg.logging.wandb_project, cfg.logging.wandb_entity, cfg.name,
+                           run_id=ckpt.state.wandb_run_id if ckpt else None, dashboard=cfg.logging.ray_metrics,
+                           sample_skills=cfg.logging.sample_skills)
     from skill1.library import Encoder, SkillLibrary
 
     encoder = Encoder(cfg.library.encoder)
     library = SkillLibrary.open(str(run_dir / "library"), encoder.name, encoder.dim)
+    start = 0
+    if ckpt is not None:
+        start = ckpt.state.iteration
+        if ckpt.state.library_tag is not None:
+            dropped = library.rollback(ckpt.state.library_tag)
+            if dropped:
+                tqdm.write(f"resume: library rolled back to {ckpt.state.library_tag} (dropped tags {dropped})")
     fleet = start_fleet(cfg, model_path, str(run_dir / "library"), with_learner=True)
     ctx = TrainContext(cfg, run_dir, task_source, logger, encoder, library, fleet,
-                       EpisodeSettings.from_config(cfg, training=True), retrieval_settings(cfg, training=True))
-    bar = tqdm(range(1, a.iterations + 1), desc=f"skill1 train ({cfg.rollout.mode})", unit="it",
+                       EpisodeSettings.from_config(cfg, training=True), retrieval_settings(cfg, training=True),
+                       model_path=model_path, start_iteration=start, resumed=ckpt, stop=StopRequest())
+    bar = tqdm(total=a.iterations, initial=start, desc=f"skill1 train ({cfg.rollout.mode})", unit="it",
                disable=not cfg.logging.progress)
+    checkpoint = run_dir / "checkpoints" / "final"
     try:
+        if ckpt is not None:
+            ctx.consumed, ctx.trained_groups = set(ckpt.state.consumed_episodes), list(ckpt.state.trained_groups)
+            ctx.saved_iteration = start
+            version = fleet.load_state(str(ckpt.learner_dir))
+            if version != start:
+                raise RuntimeError(f"checkpoint {ckpt.path}: learner at version {version}, state says {start}")
+            ctx.sync_weights(version)  # the samplers start from the reference weights: give them the policy's
+            tqdm.write(f"resumed {run_dir} at iteration {start} from {ckpt.path}")
         if cfg.rollout.mode == "async":
             from skill1.async_trainer import run_async
 
             metrics = run_async(ctx, bar)
         else:
             metrics = run_sync(ctx, bar)
-        checkpoint = run_dir / "checkpoints" / "final"
-        fleet.save(str(checkpoint))
+        if ctx.stopped_at is None:
+            fleet.save(str(checkpoint))
     finally:
+        ctx.stop.restore()
+        bar.close()
         logger.finish()
         fleet.shutdown()
     return TrainResult(run_dir, run_dir / "library", checkpoint, logger.path, library.tags(), logger.wandb_dir,
-                       metrics)
+                       metrics, stopped_at=ctx.stopped_at)

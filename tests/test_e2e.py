@@ -17,13 +17,11 @@ from skill1.envs.builtin import FAMILIES
 from skill1.models.provision import ensure_policy
 from skill1.models.tiny import load_policy
 
+from helpers import CPU_OVERRIDES
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
-# the benchmark configs are laid out for 8 GPUs; these put the same run on one CPU machine (README)
-CPU_OVERRIDES = ["rollout.backend=hf", "rollout.num_samplers=1", "rollout.num_gpus_per_sampler=0",
-                 "rollout.num_cpus_per_sampler=0.5", "learner.num_ranks=1", "learner.num_gpus=0", "learner.num_cpus=0.5",
-                 "learner.zero_stage=2", "learner.weight_sync=object_store", "placement.mode=none"]
 FAST = ["env.max_steps=4", "rollout.max_new_tokens_act=24", "rollout.max_new_tokens_distill=40",
         "rollout.max_new_tokens_query=16", "algorithm.tasks_per_iteration=2", "algorithm.group_size=4",
         "logging.progress=false", "env.eval_tasks=6"]
@@ -97,6 +95,10 @@ def test_eval_reports_success_per_family(trained):
     assert len(report["success_by_family"]) == 6  # 6 eval tasks, families round-robin
     assert all(0.0 <= v <= 1.0 for v in report["success_by_family"].values())
     assert json.loads((result.run_dir / "eval.json").read_text())["checkpoint"] == str(result.checkpoint)
+    from skill1.evaluate import eval_metrics
+
+    m = eval_metrics(report)
+    assert m["eval/success"] == report["success"] and len([k for k in m if k.startswith("eval/success/")]) == 6
 
 
 def test_garbage_emitting_policy_does_not_crash_the_run(small_model_dir, tmp_path, local_ray):
@@ -155,13 +157,13 @@ def test_train_and_eval_on_the_webshop_fixture_with_its_conventions(warm_model, 
     from skill1.trainer import train
 
     shop = write_fixture(tmp_path / "webshop")
-    cfg = load_config(ROOT / "pipelines/configs/webshop.yaml", [
+    cfg = load_config(ROOT / "pipelines/configs/webshop_qwen2.5_7b.yaml", [
         f"output_dir={tmp_path / 'runs'}", f"model.path={warm_model}", "model.dtype=float32",
         f"env.data_path={shop}", "env.task_options.eval_size=4", "env.task_options.validation_size=8",
         *CPU_OVERRIDES, "env.num_pools=1", "env.num_cpus_per_pool=0.25", "env.memory_per_pool_mb=0",
         "algorithm.iterations=1",
         "save_every=0", "learner.lr=1e-4", "logging.wandb_mode=disabled", *FAST, "env.max_steps=2",
-        "algorithm.group_size=2", "env.eval_tasks=4"])
+        "algorithm.group_size=2", "env.eval_tasks=4", "rollout.max_new_tokens_rerank=8"])
     assert cfg.env.invalid_action_penalty == 0.5
     result = train(cfg)
     m = result.final_metrics

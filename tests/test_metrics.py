@@ -29,10 +29,10 @@ def test_stage_metrics_by_hand():
     m = episode_metrics([e1, e2], credits)
     assert m["rollout/success"] == 0.5 and m["rollout/success/pick_and_place"] == 1.0
     assert m["rollout/success/pick_heat_then_place"] == 0.0
-    assert m["query/valid_rate"] == 0.5 and m["rerank/valid_rate"] == 1.0
+    assert m["select/query/valid_rate"] == 0.5 and m["select/rerank/valid_rate"] == 1.0
     assert m["act/valid_rate"] == 0.75 and m["distill/valid_rate"] == 0.5
     assert m["act/invalid_actions"] == 0.5
-    assert m["query/invalid/missing_tag"] == 1 and m["act/invalid/inadmissible"] == 1
+    assert m["select/query/invalid/missing_tag"] == 1 and m["act/invalid/inadmissible"] == 1
     assert m["distill/invalid/too_long"] == 1
     assert m["select/chosen_utility"] == pytest.approx(0.5) and m["select/best_utility"] == pytest.approx(0.9)
     assert m["select/chose_best"] == 0.5

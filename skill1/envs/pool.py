@@ -29,6 +29,7 @@ class EnvFailure:
     """An environment raised (or its slot is gone): the episode is re-queued, not scored."""
 
     error: str
+    pool_restarted: bool = False  # the slot is gone because this pool process is a restart (first report only)
 
 
 @dataclass
@@ -57,6 +58,12 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
+def _reconstructed() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+
+
 class EnvPool:
     def __init__(self, env_name: str, max_steps: int, env_options: dict | None = None):
         self.env_name, self.max_steps, self.env_options = env_name, max_steps, dict(env_options or {})
@@ -64,6 +71,9 @@ class EnvPool:
         self.resets = self.steps = self.failures = 0
         self._reset_ms: deque[float] = deque(maxlen=10_000)
         self._step_ms: deque[float] = deque(maxlen=10_000)
+        # a restarted actor (killed, crashed) starts empty; the first caller to find its slot gone is told so,
+        # even when no call of its was in flight at the moment of death
+        self._restart_unreported = _reconstructed()
 
     def _run(self, slot: int, op, latencies: deque) -> StepResult | EnvFailure:
         t0 = time.perf_counter()
@@ -103,7 +113,9 @@ class EnvPool:
         for slot, action in items:
             env = self.envs.get(slot)
             if env is None:
-                out.append(EnvFailure(f"no environment in slot {slot} (released, or the pool restarted)"))
+                out.append(EnvFailure(f"no environment in slot {slot} (released, or the pool restarted)",
+                                      pool_restarted=self._restart_unreported))
+                self._restart_unreported = False
                 continue
             out.append(self._run(slot, lambda env=env, action=action: env.step(action), self._step_ms))
             self.steps += 1

@@ -1,7 +1,7 @@
 """The learner: PPO-clip + KL updates on token-level advantages, DeepSpeed engine (or torch AdamW).
 
 Only this package knows DeepSpeed. On CPU it runs ZeRO-2 over gloo in one process; on GPU the same
-engine config takes bf16 and ZeRO-2/3 (multi-rank learner groups are issue 6).
+engine config takes bf16 and ZeRO-2/3; several ranks form a data-parallel group (`join_learner_group`).
 """
 
 from __future__ import annotations
@@ -245,6 +245,41 @@ class Learner:
         with self._gathered():
             self._ipc_flat = flat_weights(self.model).contiguous()  # kept alive until the next sync
         return cuda_ipc_handle(self._ipc_flat)
+
+    def save_state(self, out_dir: str) -> None:
+        """Everything to continue training: weights, optimizer (DeepSpeed checkpoint, every rank writes its
+        shards), version, and this rank's RNG states. `out_dir` must be shared by the ranks (one node, or a
+        shared file system on a cluster)."""
+        os.makedirs(out_dir, exist_ok=True)
+        if self.engine is not None:
+            self.engine.save_checkpoint(out_dir, tag="state", client_state={"version": self.version})
+        elif self.rank == 0:
+            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "version": self.version}, os.path.join(out_dir, "torch_state.pt"))
+        rng = {"python": self.rng.getstate(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        torch.save(rng, os.path.join(out_dir, f"rng-rank{self.rank}.pt"))
+
+    def load_state(self, in_dir: str) -> int:
+        """The other half of `save_state`; returns the policy version it continues from. The reference
+        model is not in it: it stays the frozen initial policy this learner was built from."""
+        if self.engine is not None:
+            path, client = self.engine.load_checkpoint(in_dir, tag="state", load_optimizer_states=True,
+                                                       load_lr_scheduler_states=True)
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed checkpoint 'state' under {in_dir}")
+            self.version = int(client["version"])
+        else:
+            state = torch.load(os.path.join(in_dir, "torch_state.pt"), map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.version = int(state["version"])
+        rng = torch.load(os.path.join(in_dir, f"rng-rank{self.rank}.pt"), weights_only=False)
+        self.rng.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return self.version
 
     def save(self, out_dir: str) -> str:
         """A complete HF model dir (config, weights, tokenizer): loadable by the sampler, eval, or HF.

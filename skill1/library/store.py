@@ -249,6 +249,19 @@ class SkillLibrary:
         self._maintain_index()
         return version
 
+    def rollback(self, tag: str) -> list[str]:
+        """Back to tag `tag` for a resumed run: the tags made after it are deleted (the resumed iterations make
+        them again) and, when the head moved since, the tagged rows become the head (a new version, so the
+        rolled-back writes stay inspectable by version number until compaction). Returns the deleted tags."""
+        self._check_writable("rollback")
+        target = self._resolve(tag)
+        later = sorted((name for name, v in self.tags().items() if v > target), key=lambda n: self.tags()[n])
+        for name in later:
+            self._tbl.tags.delete(name)
+        if self.version != target:
+            self.restore(target)
+        return later
+
     def diff(self, a: int | str, b: int | str | None = None) -> LibraryDiff:
         """What changed from version/tag `a` to `b` (None: this view's version, the head for a head library)."""
         va = self._resolve(a)

@@ -144,7 +144,8 @@ class HFSampler:
         return results
 
 
-def make_sampler(backend: str, model_path: str, dtype: str, seed: int, device: str | None = None) -> Sampler:
+def make_sampler(backend: str, model_path: str, dtype: str, seed: int, device: str | None = None,
+                 scripted_latency_s: float = 0.0) -> Sampler:
     """The backend named by `rollout.backend`."""
     if backend == "hf":
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -152,7 +153,7 @@ def make_sampler(backend: str, model_path: str, dtype: str, seed: int, device: s
     if backend == "scripted":
         from skill1.rollout.scripted import ScriptedSampler
 
-        return ScriptedSampler(model_path, seed=seed)
+        return ScriptedSampler(model_path, seed=seed, latency_s=scripted_latency_s)
     if backend == "vllm":
         from skill1.rollout.vllm import VLLMSampler  # imports vLLM only when asked for
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 
 from skill1.agent.episode import Generated
 from skill1.types import WeightsPacket
@@ -24,11 +25,11 @@ INVALID_RATE = 0.2
 
 
 class ScriptedSampler:
-    def __init__(self, model_path: str, seed: int = 0):
+    def __init__(self, model_path: str, seed: int = 0, latency_s: float = 0.0):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.seed = seed
+        self.seed, self.latency_s = seed, latency_s  # latency: a real model's time per call, for plumbing tests
         self.rng = random.Random(seed)
         self.version = 0
 
@@ -36,6 +37,8 @@ class ScriptedSampler:
         self.version = packet.version
 
     def generate(self, prompts: list[list[int]], params, seeds: list[int] | None = None) -> list[Generated]:
+        if self.latency_s:
+            time.sleep(self.latency_s)
         out = []
         for i, p in enumerate(prompts):
             # a per-request seed makes the answer independent of batching and call order

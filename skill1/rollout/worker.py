@@ -13,6 +13,10 @@ evaluation); `submit(requests)` / `poll()` stream — the loop runs on a backgro
 at any time, finished ones are handed back by tag (asynchronous training). Every generation result carries
 the weights version that produced it; an episode is stamped with the oldest one it used.
 
+Sampler faults: a sampler actor that dies is restarted by Ray (`rollout.max_sampler_restarts`); its in-flight
+generations go to the other samplers at once (the episodes keep their state: a lost call is simply asked
+again), and it rejoins once it holds the current weights again (`set_weights_source`).
+
 Environment faults: a slot whose environment raised, a pool process that died, or a pool call that ran
 past its deadline (`step_timeout_s` per operation in it; the pool is then killed and Ray restarts it)
 re-queue the affected episodes from the start, up to `max_env_retries` times each; after that the episode
@@ -100,6 +104,8 @@ class RolloutStats:
     failed_episodes: int = 0  # gave up after max_env_retries
     generate_calls: int = 0
     env_calls: int = 0
+    sampler_restarts: int = 0  # sampler actors lost (and brought back by Ray)
+    regenerated: int = 0  # generation requests asked again after their sampler died
     fault_log: list[str] = field(default_factory=list)
 
 
@@ -156,6 +162,9 @@ class RolloutWorker:
         self._backoff: dict[int, float] = {}  # pool -> monotonic time before which it is still coming back
         self._recovering: set[int] = set()  # pools lost and not yet heard from since
         self._busy: dict[str, float] = defaultdict(float)
+        self._sampler_down: set[int] = set()  # lost samplers, until they hold the current weights again
+        self._weights_ref = None  # the newest weights packet (object store), for a restarted sampler
+        self._weights_learner = None  # or the learner to ask for one (other transports)
         # streaming
         self._incoming: queue.Queue = queue.Queue()
         self._completed: queue.Queue = queue.Queue()
@@ -170,6 +179,11 @@ class RolloutWorker:
     def busy(self) -> dict[str, float]:
         """Seconds each sampler / pool has had a call in flight, cumulative ("sampler-0", "pool-1", ...)."""
         return dict(self._busy)
+
+    def set_weights_source(self, packet_ref: list, learner=None) -> None:
+        """Where a restarted sampler gets the current weights: the newest packet (object-store sync, passed
+        as `[ref]` so it stays a reference) or the learner's `get_weights` (collective / CUDA IPC sync)."""
+        self._weights_ref, self._weights_learner = packet_ref[0], learner
 
     def run(self, req: RolloutRequest) -> list[Episode]:
         """Run every episode of `req` and return them in request order."""
@@ -262,13 +276,45 @@ class RolloutWorker:
             sampler_load[ep.sampler] += 1
         pool = min(range(len(self.pools)), key=lambda p: (pool_load[p], p))
         # an episode stays on one sampler for its whole life (its prompts share prefixes: prefix caching)
-        sampler = min(range(len(self.samplers)), key=lambda s: (sampler_load[s], s))
+        sampler = self._least_loaded_sampler(sampler_load)
         req = self._jobs[job_key].req
         gen = run_episode(req.tasks[index], req.episode_ids[index], req.group_ids[index], self.tokenizer,
                           req.settings)
         key = next(self._keys)
         ep = self._live[key] = _Live(job_key, index, attempt, gen, pool, sampler, next(self._slots), key)
         self._advance(ep, None)
+
+    def _least_loaded_sampler(self, load: dict[int, int]) -> int:
+        healthy = [s for s in range(len(self.samplers)) if s not in self._sampler_down] or range(len(self.samplers))
+        return min(healthy, key=lambda s: (load[s], s))
+
+    def _sampler_lost(self, s: int, call: _Call, why: str) -> None:
+        """Re-route the lost call's episodes to live samplers and start bringing `s` back."""
+        if s not in self._sampler_down:
+            self._sampler_down.add(s)
+            self._stats.sampler_restarts += 1
+            self._stats.fault_log.append(f"sampler {s} lost: {why}")
+            self._rejoin(s)
+        load: dict[int, int] = defaultdict(int)
+        for ep in self._live.values():
+            load[ep.sampler] += 1
+        for key, attempt in call.members:
+            ep = self._live.get(key)
+            if ep is not None and ep.attempt == attempt:
+                ep.dispatched = False  # the same request again, elsewhere: the episode's state is intact
+                ep.sampler = self._least_loaded_sampler(load)
+                load[ep.sampler] += 1
+                self._stats.regenerated += 1
+
+    def _rejoin(self, s: int) -> None:
+        """Ray queues the call until the actor is back; it answers with the version it then holds."""
+        if self._weights_ref is not None:
+            ref = self.samplers[s].load_weights.remote(self._weights_ref)
+        elif self._weights_learner is not None:
+            ref = self.samplers[s].load_weights.remote(self._weights_learner.get_weights.remote())
+        else:  # nothing trained yet: a fresh sampler holds the current (initial) weights
+            ref = self.samplers[s].version.remote()
+        self._inflight[ref] = _Call(("rejoin", s), [], float("inf"), time.monotonic())
 
     def _advance(self, ep: _Live, result) -> None:
         """Feed a result; answer retrievals on the spot; stop at the next remote request."""
@@ -342,7 +388,8 @@ class RolloutWorker:
             call = self._inflight.pop(ref, None)
             if call is None:  # dropped with a lost pool
                 continue
-            self._busy[f"{call.actor[0]}-{call.actor[1]}"] += time.monotonic() - call.sent
+            if call.actor[0] != "rejoin":
+                self._busy[f"{call.actor[0]}-{call.actor[1]}"] += time.monotonic() - call.sent
             self._handle(ref, call)
         now = time.monotonic()
         for ref, call in list(self._inflight.items()):
@@ -357,8 +404,13 @@ class RolloutWorker:
         try:
             values = ray.get(ref)
         except RayActorError as exc:  # died, or unavailable while Ray restarts it
-            if call.actor[0] != "pool":
-                raise
+            if call.actor[0] == "sampler":
+                self._sampler_lost(call.actor[1], call, type(exc).__name__)
+                return
+            if call.actor[0] == "rejoin":  # still coming back: ask again shortly
+                time.sleep(RESTART_BACKOFF_S)
+                self._rejoin(call.actor[1])
+                return
             p = call.actor[1]
             if p not in self._recovering:  # a new incident: its environments are gone
                 self._recovering.add(p)
@@ -375,6 +427,9 @@ class RolloutWorker:
                     else:
                         self._fault(ep, f"env pool {p} restarting")
             return
+        if call.actor[0] == "rejoin":
+            self._sampler_down.discard(call.actor[1])  # holds the current weights: back in service
+            return
         if call.actor[0] == "pool":
             self._recovering.discard(call.actor[1])  # it answered: back in service
         else:  # a GenerationBatch: every output of one call comes from one weights version
@@ -384,7 +439,13 @@ class RolloutWorker:
             if ep is None or ep.attempt != attempt:
                 continue  # an answer for an attempt that was dropped
             if isinstance(value, EnvFailure):
-                self.pools[ep.pool].release.remote([ep.slot])
+                p = ep.pool
+                if value.pool_restarted and p not in self._recovering:
+                    # died between calls and came back empty before anything of ours failed: a pool loss
+                    self._stats.pool_restarts += 1
+                    self._pool_lost(p, f"env pool {p} restarted (its environments are gone)")
+                    continue
+                self.pools[p].release.remote([ep.slot])
                 self._fault(ep, value.error)
                 continue
             if isinstance(ep.request, Reset):
@@ -395,7 +456,7 @@ class RolloutWorker:
 
     def _dispatch(self, restarting: set[int]) -> None:
         busy = {c.actor for c in self._inflight.values()}  # at most one call in flight per actor
-        busy |= {("pool", p) for p in restarting}
+        busy |= {("pool", p) for p in restarting} | {("sampler", s) for s in self._sampler_down}
         gens: dict[tuple, list[_Live]] = defaultdict(list)
         resets: dict[int, list[_Live]] = defaultdict(list)
         steps: dict[int, list[_Live]] = defaultdict(list)

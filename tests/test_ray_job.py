@@ -1,0 +1,132 @@
+"""The way users launch: a real Ray head (`ray start --head` on 127.0.0.1 with the dashboard), `cluster/submit.sh`
+submits a 1-iteration training job, the job is polled to SUCCEEDED and its logs read, the run's gauges show up in
+the head's Prometheus metrics (the dashboard's Metrics view), the dashboard listens on loopback only; the head is
+stopped. The head is this test's own: it is stopped by killing exactly its processes (`ray stop` would also stop
+the test session's local Ray)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> str:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return ""
+
+
+def _stop_head(temp_dir: str) -> None:
+    """Kill the processes of the head started with `temp_dir` (GCS, raylet, dashboard, ...); workers follow."""
+    mine = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(temp_dir in arg for arg in p.info["cmdline"] or []):
+                mine.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in mine:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(mine, timeout=30)
+
+
+@pytest.fixture
+def ray_head():
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    dash, metrics, gcs = _free_port(), _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "RAY_metrics_report_interval_ms": "1000"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--metrics-export-port={metrics}",
+                    "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield {"address": f"http://127.0.0.1:{dash}", "dashboard_port": dash, "metrics_port": metrics, "env": env}
+    finally:
+        _stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _submit(env: dict, model: str, out_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "cluster/submit.sh", "--config", "pipelines/configs/quickstart.yaml", f"output_dir={out_dir}",
+         "name=job", f"model.path={model}", "rollout.backend=scripted", "learner.backend=torch",
+         "algorithm.iterations=1", "algorithm.tasks_per_iteration=2", "algorithm.group_size=2", "env.max_steps=3",
+         "logging.progress=false", "logging.wandb_mode=offline"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ray_job_submit_trains_on_a_real_head(ray_head, small_model_dir, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    # the dashboard (= the job API) listens on loopback only
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == ray_head["dashboard_port"]}
+    assert listening == {"127.0.0.1"}, listening
+
+    sid = f"skill1-test-{uuid.uuid4().hex[:8]}"
+    env = {**ray_head["env"], "RAY_ADDRESS": ray_head["address"], "SKILL1_SUBMIT_FLAGS": f"--no-wait --submission-id {sid}"}
+    for _ in range(30):  # a fresh head answers "No available agent" for a few seconds
+        out = _submit(env, small_model_dir, tmp_path)
+        if "No available agent" not in out.stderr + out.stdout:
+            break
+        time.sleep(2)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    client = JobSubmissionClient(ray_head["address"])
+    gauges, deadline = "", time.monotonic() + 600
+    while not (status := client.get_job_status(sid)).is_terminal():
+        assert time.monotonic() < deadline, client.get_job_logs(sid)[-3000:]
+        text = _scrape(ray_head["metrics_port"])
+        if "ray_skill1_rollout_reward" in text:
+            gauges = text
+        time.sleep(1)
+    logs = client.get_job_logs(sid)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "iter 1: reward" in logs and "Run finished" in logs
+    assert (tmp_path / "job" / "checkpoints" / "final" / "config.json").is_file()
+    assert (tmp_path / "job" / "checkpoints" / "iter-1" / "state.json").is_file()  # resumable after the last one
+
+    # the per-iteration metrics reached Ray's metrics agent (what the dashboard charts), tagged with the run
+    for _ in range(20):  # a job shorter than the report interval: its last report lands after it ends
+        if "ray_skill1_rollout_reward" in gauges:
+            break
+        time.sleep(1)
+        gauges = _scrape(ray_head["metrics_port"])
+    lines = [line for line in gauges.splitlines() if line.startswith("ray_skill1_")]
+    names = {line.split("{")[0] for line in lines}
+    assert {"ray_skill1_rollout_reward", "ray_skill1_rollout_success", "ray_skill1_library_size",
+            "ray_skill1_time_sync_s", "ray_skill1_time_episodes_per_s", "ray_skill1_iteration"} <= names, names
+    assert all('run="job"' in line for line in lines)
+    # actors carry readable names in the dashboard
+    from ray.util.state import list_actors
+
+    actors = {a.name for a in list_actors(address=ray_head["address"], limit=1000) if a.name}
+    assert {"job:sampler-0", "job:learner-0", "job:rollout-worker", "job:env-pool-0"} <= actors, actors
