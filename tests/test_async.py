@@ -91,7 +91,7 @@ def _train(model_dir: str, out: Path, name: str, *overrides: str):
     return result, metrics
 
 
-_SCHEDULE_KEYS = ("time/", "async/", "learner/update_s", "learner/tokens_per_s", "learner/proximal_s",
+_SCHEDULE_KEYS = ("time/", "async/", "rollout/generate_calls", "env/calls", "learner/update_s", "learner/tokens_per_s", "learner/proximal_s",
                   "learner/peak_", "library/version")  # wall-clock and bookkeeping, not the algorithm
 
 

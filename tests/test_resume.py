@@ -31,7 +31,10 @@ def _cli(*args: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):  # left by in-process learners
+        env.pop(key, None)
+    return env
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
@@ -211,7 +214,10 @@ def test_a_sampler_killed_mid_iteration_is_restarted_and_the_run_completes(local
                 break
             except (ValueError, ray.exceptions.RayError):
                 time.sleep(0.2)
-        time.sleep(1.5)  # into the first rollout: the sampler is answering a call nearly all the time
+        worker = ray.get_actor("killsampler:rollout-worker")
+        while ray.get(worker.stats.remote()).generate_calls < 4:  # into the first rollout
+            time.sleep(0.1)
+        # both samplers are now answering a call nearly all the time (0.2 s each, re-sent at once)
         os.kill(pid, signal.SIGKILL)
         killed["pid"] = pid
 

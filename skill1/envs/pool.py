@@ -59,9 +59,12 @@ def _node_id() -> str:
 
 
 def _reconstructed() -> bool:
+    """True in an actor that Ray restarted; False in a first incarnation or outside an actor (tests, benches)."""
     import ray
 
-    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return False
+    return ray.get_runtime_context().was_current_actor_reconstructed
 
 
 class EnvPool:
