@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # An inherited WANDB_SERVICE (a notebook, a sweep agent, a test runner that used wandb) would register
+    # this run's stream in that parent's service, which outlives us: after a kill -9 the stream stays
+    # registered and a resume (or `eval`, which logs into the run) is refused ("run ID ... is in use").
+    os.environ.pop("WANDB_SERVICE", None)
     try:
         rc = args.fn(args)
         return rc if isinstance(rc, int) else 0

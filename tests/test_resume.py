@@ -99,6 +99,12 @@ def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_un
     common = ["--config", "pipelines/configs/quickstart.yaml", f"output_dir={tmp_path}", f"model.path={small_model_dir}",
               "rollout.mode=sync", "learner.backend=deepspeed", "algorithm.iterations=4", "save_every=2", *BASE]
     run = tmp_path / "crash"
+    # a parent holding a wandb service, as a notebook, a sweep agent or this runner after in-process runs
+    # does: its WANDB_SERVICE reaches the runs, and the killed run's stream must not block the resume
+    import wandb
+
+    wandb.setup()
+    assert os.environ.get("WANDB_SERVICE")
     p = _start(_cli(*common, "name=crash"), tmp_path / "crash.log")
     try:
         # iteration 3 is trained and its library written (tag iter-3), the last checkpoint is iter-2: kill -9 now
