@@ -94,17 +94,31 @@ _SCHEDULE = ("time/", "async/", "rollout/generate_calls", "env/calls", "learner/
              "library/version", "library/versions_compacted")
 
 
+@pytest.fixture
+def wandb_parent():
+    """A live process that owns a wandb service; yields its WANDB_SERVICE token."""
+    code = "import os, sys, wandb; wandb.setup(); print(os.environ['WANDB_SERVICE'], flush=True); sys.stdin.read()"
+    env = {k: v for k, v in _env().items() if k != "WANDB_SERVICE"}
+    holder = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        token = holder.stdout.readline().strip()
+        assert token, "the wandb service holder printed no token"
+        yield token
+    finally:
+        holder.stdin.close()
+        holder.wait(60)
+
+
 def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_unbroken_run(small_model_dir,
-                                                                                           tmp_path):
+                                                                                           tmp_path, monkeypatch,
+                                                                                           wandb_parent):
     common = ["--config", "pipelines/configs/quickstart.yaml", f"output_dir={tmp_path}", f"model.path={small_model_dir}",
               "rollout.mode=sync", "learner.backend=deepspeed", "algorithm.iterations=4", "save_every=2", *BASE]
     run = tmp_path / "crash"
-    # a parent holding a wandb service, as a notebook, a sweep agent or this runner after in-process runs
-    # does: its WANDB_SERVICE reaches the runs, and the killed run's stream must not block the resume
-    import wandb
-
-    wandb.setup()
-    assert os.environ.get("WANDB_SERVICE")
+    # a parent holding a wandb service, as a notebook or a sweep agent does: its WANDB_SERVICE reaches the
+    # runs, and the killed run's stream must not block the resume
+    monkeypatch.setenv("WANDB_SERVICE", wandb_parent)
     p = _start(_cli(*common, "name=crash"), tmp_path / "crash.log")
     try:
         # iteration 3 is trained and its library written (tag iter-3), the last checkpoint is iter-2: kill -9 now
