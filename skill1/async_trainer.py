@@ -6,7 +6,11 @@ The driver reacts to three kinds of event (one `ray.wait` over all of them):
   update  the learner finished batch k: its weights go to every sampler, one packet, one call each
   sync    every sampler holds version k+1: the version advances and admission opens up to (eta + v + 1) * B
 and between events it
-  admits  new groups while `accepted + running < (eta + v + 1) * B`, each pinned to the newest library tag
+  admits  new groups while `accepted + running < (eta + v + 1) * B` and the library is fresh enough:
+          at most (L + 1) * B groups wait for a batch (L = `rollout.max_library_staleness`), so a group reads
+          a tag at most L behind the one the synchronous loop would give it; each is pinned to the newest
+          tag. Without that bound every group of the first eta+1 batches would be admitted against the
+          empty library of the start, and none of them would retrieve a skill.
   forms   a batch of the B oldest fresh groups once the learner is idle: credit (pure), `learner.update`
           (not waited on), then the library write and tag iter-k, which overlap the update.
 
@@ -37,6 +41,7 @@ class _Group:
     seq: int
     episodes: list[Episode]
     behaviour_version: int  # the oldest weights that generated for any of its episodes
+    library_iteration: int = 0  # the library tag iter-k it retrieved from (0: the start)
 
 
 @dataclass
@@ -54,11 +59,23 @@ def _stats_delta(new: RolloutStats, old: RolloutStats) -> RolloutStats:
                            for f in fields(RolloutStats) if f.name != "fault_log"})
 
 
-def staleness_metrics(groups: list[_Group], learner_version: int, eta: int) -> dict[str, float]:
+def staleness_metrics(groups: list[_Group], learner_version: int, eta: int, iteration: int) -> dict[str, float]:
     values = [staleness(learner_version, g.behaviour_version) for g in groups]
     m = {"async/staleness_mean": sum(values) / max(1, len(values)), "async/staleness_max": float(max(values, default=0))}
     m.update({f"async/staleness/{s}": values.count(s) / max(1, len(values)) for s in range(eta + 1)})
+    # library staleness: tags between the one a group read and iter-{k-1}, what batch k reads when synchronous
+    lib = [iteration - 1 - g.library_iteration for g in groups]
+    m.update({"async/library_staleness_mean": sum(lib) / max(1, len(lib)),
+              "async/library_staleness_max": float(max(lib, default=0))})
     return m
+
+
+def library_fresh(queued: int, groups_per_batch: int, max_library_staleness: int) -> bool:
+    """May one more group start now? It reads the newest tag iter-f and, behind the `queued` groups admitted
+    and not yet in a batch, is trained in batch f + 1 + queued // B, which synchronously would read
+    iter-(f + queued // B): its library staleness is queued // B. Counting queued groups rather than group
+    numbers keeps admission going when groups are dropped."""
+    return queued // groups_per_batch <= max_library_staleness
 
 
 def take_batch(buffer: list[_Group], learner_version: int,
@@ -88,6 +105,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
     next_seq, formed, logged = 0, start, start
     buffer: list[_Group] = []
     running: set[int] = set()  # group numbers submitted and not back yet
+    read_tag: dict[int, int] = {}  # group number -> the library tag iteration it was pinned to
     replay: list[int] = []  # groups that were running at the checkpoint: played again first
     if ctx.resumed is not None:
         next_seq, replay = ctx.resumed.state.next_seq, list(ctx.resumed.state.running_seqs)
@@ -110,13 +128,16 @@ def run_async(ctx: TrainContext, bar) -> dict:
             # SIGTERM with the learner idle: a consistent point. What runs now is played again on resume.
             ctx.stop_now(logged, next_seq, running.union(replay), buffer)
             break
-        # admit: as many groups as capacity allows, all pinned to the newest library tag
+        # admit: as many groups as capacity and library freshness allow, all pinned to the newest library tag
         requests = []
         while not ctx.stop and ctl.can_submit(version) and ctl.accepted + ctl.running < needed:
+            if not library_fresh(len(buffer) + len(running), B, r.max_library_staleness):
+                break
             if replay:
                 seq = replay.pop(0)
             else:
                 seq, next_seq = next_seq, next_seq + 1
+            read_tag[seq] = formed
             tasks, groups, ids = plan.group(seq)
             requests.append(RolloutRequest(tasks, groups, ids, ctx.settings, ctx.retrieval, r.temperature, r.top_p,
                                            pinned, version, fault_policy(cfg), tag=str(seq)))
@@ -141,7 +162,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
                 t0 = time.perf_counter()
                 training.metrics = {**episode_metrics(training.episodes, credits),
                                     **update_library(ctx.library, ctx.encoder, training.episodes, formed, cfg),
-                                    **staleness_metrics(training.groups, learner_version, eta),
+                                    **staleness_metrics(training.groups, learner_version, eta, formed),
                                     "time/library_s": time.perf_counter() - t0}
                 pinned = ctx.pinned_library()
 
@@ -159,7 +180,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
                 running.discard(int(tag))
                 behaviour = min(e.policy_version for e in episodes)
                 if ctl.on_finish(learner_version, behaviour):
-                    buffer.append(_Group(int(tag), episodes, behaviour))
+                    buffer.append(_Group(int(tag), episodes, behaviour, read_tag.pop(int(tag), formed)))
                 else:
                     counters["dropped_on_finish"] += 1
 

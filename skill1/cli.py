@@ -34,7 +34,8 @@ def train_config(args) -> tuple:
     if resume:
         run = Path(resume).resolve()
         # the run dir is where it is now, whatever output_dir it was started with
-        return _run_config(str(run), [*args.overrides, f"output_dir={run.parent}", f"name={run.name}"]), True
+        return _run_config(str(run), [*args.overrides, f"output_dir={run.parent}", f"name={run.name}"],
+                           flag="--resume"), True
     cfg = load_config(args.config, args.overrides)
     sweep_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
     if sweep_run:  # a wandb sweep agent's run: its own run dir, not the config's shared one
@@ -61,10 +62,10 @@ def _train(args) -> int:
     return 0
 
 
-def _run_config(run: str, overrides: list[str]):
+def _run_config(run: str, overrides: list[str], flag: str = "--run"):
     path = Path(run) / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"--run: {run} has no config.yaml (is it a run directory made by skill1 train?)")
+        raise ConfigError(f"{flag}: {run} has no config.yaml (is it a run directory made by skill1 train?)")
     return load_config(path, overrides)
 
 
@@ -72,9 +73,12 @@ def _eval(args) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from skill1.evaluate import evaluate
+    from skill1.evaluate import CheckpointMissing, LibraryTagError, evaluate
 
-    report = evaluate(_run_config(args.run, args.overrides), args.checkpoint, args.library_tag)
+    try:
+        report = evaluate(_run_config(args.run, args.overrides), args.checkpoint, args.library_tag)
+    except (LibraryTagError, CheckpointMissing) as e:
+        raise CommandError(str(e)) from None
     if args.json:
         print(json.dumps(report, indent=2))
         return

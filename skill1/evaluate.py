@@ -1,23 +1,41 @@
 """Evaluation: a saved policy + a pinned library snapshot on held-out tasks; success per task family.
 
 Greedy retrieval, `rollout.eval_temperature` sampling, no distillation, no library writes.
+
+Reproducible: episode ids are fixed (`eval-<i>-<task id>`) and every generation's sampling seed is derived
+from its episode id (`skill1.agent.episode`), so a fixed checkpoint + library snapshot on the fixed tasks
+draws the same tokens run after run, at any temperature. The report records the sampler settings under
+`settings`.
+
+The pieces are separate so the trainer can evaluate with the fleet it already has: `eval_tasks(cfg)`,
+`eval_request(cfg, tasks, library_version, policy_version)` for its rollout worker, `summarize(episodes)`.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import ray
 
+from skill1.agent.episode import EpisodeSettings
 from skill1.config import Skill1Config
 from skill1.envs.registry import make_task_source
 from skill1.rollout.worker import RolloutRequest
 from skill1.runtime import init_ray, start_fleet
-from skill1.agent.episode import EpisodeSettings
 from skill1.trainer import fault_policy, retrieval_settings
+from skill1.types import Episode, Task
+
+EVAL_TOP_P = 1.0
+
+
+class LibraryTagError(ValueError):
+    """`--library-tag` names no tag of the run's library (the CLI prints it on one line)."""
+
+
+class CheckpointMissing(FileNotFoundError):
+    """No policy checkpoint where evaluation looked (the CLI prints it on one line)."""
 
 
 def pick_library_version(library, tag: str | None) -> int | None:
@@ -25,18 +43,68 @@ def pick_library_version(library, tag: str | None) -> int | None:
     tags = library.tags()
     if tag is not None:
         if tag not in tags:
-            raise ValueError(f"--library-tag: no tag {tag!r} in {sorted(tags)}")
+            have = ", ".join(sorted(tags, key=lambda t: (tags[t], len(t), t)))  # in version order
+            raise LibraryTagError(f"--library-tag: no tag {tag!r}; the library has: {have}" if have else
+                                  f"--library-tag: no tag {tag!r}; the library has no tags")
         return tags[tag]
     iters = [(int(t.split("-")[1]), v) for t, v in tags.items() if t.startswith("iter-") and t[5:].isdigit()]
     version = max(iters)[1] if iters else library.version
     return version if library.checkout(version).size() > 0 else None
 
 
+def eval_tasks(cfg: Skill1Config) -> list[Task]:
+    """The held-out tasks: `env.eval_tasks` of them from `env.resolved_eval_split()`, seeded by `algorithm.seed`."""
+    return make_task_source(cfg.env.name, **cfg.env.source_options()).sample(
+        cfg.env.resolved_eval_split(), cfg.env.eval_tasks, seed=cfg.algorithm.seed)
+
+
+def eval_episode_ids(tasks: list[Task]) -> list[str]:
+    """Fixed per position and task: the sampling seeds derive from these, so a rerun draws the same tokens."""
+    return [f"eval-{i}-{t.task_id}" for i, t in enumerate(tasks)]
+
+
+def eval_request(cfg: Skill1Config, tasks: list[Task], library_version: int | None,
+                 policy_version: int) -> RolloutRequest:
+    """One rollout request for `tasks`: greedy retrieval, `rollout.eval_temperature`, no distillation."""
+    return RolloutRequest(tasks, [t.task_id for t in tasks], eval_episode_ids(tasks),
+                          EpisodeSettings.from_config(cfg, training=False), retrieval_settings(cfg, training=False),
+                          cfg.rollout.eval_temperature, EVAL_TOP_P, library_version, policy_version,
+                          fault_policy(cfg))
+
+
+def eval_settings(cfg: Skill1Config) -> dict:
+    """What the draws depend on besides checkpoint, library and tasks: recorded in the report."""
+    r = cfg.rollout
+    return {"temperature": r.eval_temperature, "top_p": EVAL_TOP_P, "seed": cfg.algorithm.seed,
+            "backend": r.backend, "dtype": cfg.model.dtype, "torch_threads": r.torch_threads,
+            "num_samplers": r.num_samplers}
+
+
+def summarize(episodes: list[Episode], **extra) -> dict:
+    """Success overall and per task family over the episodes the environment did not fail (those are left
+    out: the environment's failure, not the policy's); `extra` keys go first in the report."""
+    failed = sum(e.env_failed for e in episodes)
+    episodes = [e for e in episodes if not e.env_failed]
+    if not episodes:
+        raise RuntimeError(f"evaluation: all {failed} episodes failed in the environment (see the pool logs)")
+    by_family: dict[str, list[float]] = defaultdict(list)
+    for ep in episodes:
+        by_family[ep.task.family].append(float(ep.success))
+    acts = [s for e in episodes for s in e.segments if s.stage.value == "act"]
+    return {
+        **extra, "episodes": len(episodes), "env_failed_episodes": failed,
+        "success": sum(float(e.success) for e in episodes) / len(episodes),
+        "success_by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())},
+        "episodes_by_family": {f: len(v) for f, v in sorted(by_family.items())},
+        "valid_action_rate": sum(s.valid for s in acts) / max(1, len(acts)),
+    }
+
+
 def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str | None = None) -> dict:
     run_dir = cfg.run_dir
     checkpoint = checkpoint or str(run_dir / "checkpoints" / "final")
     if not (Path(checkpoint) / "config.json").is_file():
-        raise FileNotFoundError(f"no policy checkpoint at {checkpoint}: train first, or pass --checkpoint DIR")
+        raise CheckpointMissing(f"no policy checkpoint at {checkpoint}: train first, or pass --checkpoint DIR")
     init_ray(cfg)  # before LanceDB is imported: see trainer.train
     library_path, version = run_dir / "library", None
     if cfg.algorithm.effective().use_library and library_path.exists():
@@ -44,33 +112,14 @@ def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str 
 
         encoder = Encoder(cfg.library.encoder)
         version = pick_library_version(SkillLibrary.open(str(library_path), encoder.name, encoder.dim), library_tag)
-    split = cfg.env.resolved_eval_split()
-    tasks = make_task_source(cfg.env.name, **cfg.env.source_options()).sample(split, cfg.env.eval_tasks,
-                                                                              seed=cfg.algorithm.seed)
+    tasks = eval_tasks(cfg)
     fleet = start_fleet(cfg, checkpoint, str(library_path), with_learner=False)
     try:
-        episodes = ray.get(fleet.worker.run.remote(RolloutRequest(
-            tasks, [t.task_id for t in tasks], [f"eval-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(tasks))],
-            EpisodeSettings.from_config(cfg, training=False), retrieval_settings(cfg, training=False),
-            cfg.rollout.eval_temperature, 1.0, version, 0, fault_policy(cfg))))
+        episodes = ray.get(fleet.worker.run.remote(eval_request(cfg, tasks, version, 0)))
     finally:
         fleet.shutdown()
-    failed = sum(e.env_failed for e in episodes)
-    episodes = [e for e in episodes if not e.env_failed]  # the environment's failure, not the policy's
-    if not episodes:
-        raise RuntimeError(f"evaluation: all {failed} episodes failed in the environment (see the pool logs)")
-    by_family: dict[str, list[float]] = defaultdict(list)
-    for ep in episodes:
-        by_family[ep.task.family].append(float(ep.success))
-    report = {
-        "checkpoint": checkpoint, "library_version": version, "split": split, "episodes": len(episodes),
-        "env_failed_episodes": failed,
-        "success": sum(float(e.success) for e in episodes) / len(episodes),
-        "success_by_family": {f: sum(v) / len(v) for f, v in sorted(by_family.items())},
-        "episodes_by_family": {f: len(v) for f, v in sorted(by_family.items())},
-        "valid_action_rate": (sum(s.valid for e in episodes for s in e.segments if s.stage.value == "act")
-                              / max(1, sum(1 for e in episodes for s in e.segments if s.stage.value == "act"))),
-    }
+    report = summarize(episodes, checkpoint=checkpoint, library_version=version,
+                       split=cfg.env.resolved_eval_split(), settings=eval_settings(cfg))
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
     log_eval(cfg, report)
     return report

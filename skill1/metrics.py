@@ -63,6 +63,7 @@ def episode_metrics(episodes: Sequence[Episode], credits: Sequence[EpisodeCredit
     m.update({f"{_stage_prefix(key.split('/')[0])}/invalid/{key.split('/')[1]}": float(v) for key, v in errors.items()})
     with_cands = [e for e in episodes if e.candidates]
     m["select/with_candidates"] = float(len(with_cands))
+    m["select/retrieval_rate"] = len(with_cands) / len(episodes) if episodes else 0.0
     if with_cands:
         chosen = [next(c.utility for c in e.candidates if c.skill_id == e.chosen_skill_id) for e in with_cands]
         best = [max(c.utility for c in e.candidates) for e in with_cands]

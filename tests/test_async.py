@@ -73,7 +73,9 @@ def test_streaming_worker_hands_back_requests_by_tag_stamped_with_the_sampler_ve
     assert progress.busy_s["sampler-0"] > 0 and progress.busy_s["pool-0"] > 0 and progress.live_episodes == 0
     with pytest.raises(ray.exceptions.RayTaskError, match="streaming"):
         ray.get(worker.run.remote(_request("e", 1, 0)))
-    ray.get(worker.stop.remote())
+    ray.get(worker.stop.remote())  # streaming over: the worker runs a request synchronously again (evaluation)
+    [episode] = ray.get(worker.run.remote(_request("e", 1, 0)))
+    assert episode.episode_id == "e-0" and episode.segments and not episode.env_failed
     for a in (pool, sampler, worker):
         ray.kill(a)
 

@@ -1,4 +1,11 @@
-"""Make sure `model.path` holds a policy: use it if present, else build the tiny local one there."""
+"""Make sure `model.path` holds a policy: use it if present, else build the tiny local one there.
+
+The tiny policy is built in three steps, each recorded in `skill1_provenance.json`:
+  tokenizer   env_bpe: a byte-level BPE trained on the built-in env's demonstrations (Qwen's chat format
+              and special tokens kept), or the real Qwen2.5 BPE
+  init        a random Qwen2-architecture model of `model.hidden_size` x `model.num_layers`
+  warm start  SFT on searcher demonstrations, with the episode settings of the run that asks for it
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,34 @@ from pathlib import Path
 
 from skill1.config import ModelConfig, Skill1Config
 
+TOKENIZER_CORPUS_TASKS = 200
 
-def ensure_policy(cfg: ModelConfig, force: bool = False) -> str:
+
+def env_corpus(settings, num_tasks: int = TOKENIZER_CORPUS_TASKS) -> list[str]:
+    """The text of demonstrations (prompts and responses, chat markup included) the env tokenizer learns from."""
+    from skill1.models.tokenizer import build_qwen_tokenizer
+    from skill1.models.warm_start import demo_tasks, demonstrations
+
+    from skill1.models.env_tokenizer import build_chat_template
+
+    qwen = build_qwen_tokenizer()  # any exact tokenizer renders the text; Qwen's is at hand
+    qwen.chat_template = build_chat_template(None)  # as the env tokenizer renders chats: no system block
+    demos = demonstrations(demo_tasks(num_tasks, seed=1), qwen, settings, seed=1)
+    return [qwen.decode(d.prompt_ids + d.response_ids) for d in demos]
+
+
+def build_tokenizer(cfg: ModelConfig, settings):
+    from skill1.models.tokenizer import build_qwen_tokenizer
+
+    if cfg.tokenizer == "qwen2.5":
+        return build_qwen_tokenizer()
+    from skill1.models.env_tokenizer import train_env_tokenizer
+
+    return train_env_tokenizer(env_corpus(settings), vocab_size=cfg.vocab_size)
+
+
+def ensure_policy(cfg: ModelConfig, force: bool = False, settings=None) -> str:
+    """`settings`: the `EpisodeSettings` the demonstrations are played with (default: the default config's)."""
     path = Path(cfg.path)
     if (path / "config.json").is_file() and not force:
         return str(path)
@@ -19,19 +52,27 @@ def ensure_policy(cfg: ModelConfig, force: bool = False) -> str:
             f"model.path: no model at {path} (expected a Hugging Face model dir with config.json); "
             "run `skill1 model init-tiny --out <dir>` or point model.path at e.g. Qwen2.5-7B-Instruct")
     from skill1.agent.episode import EpisodeSettings
-    from skill1.models.tiny import TinyModelSpec, init_tiny_model, load_policy
+    from skill1.models.tiny import TinyModelSpec, count_parameters, init_tiny_model, load_policy
     from skill1.models.warm_start import warm_start
 
+    settings = settings or EpisodeSettings.from_config(Skill1Config(), training=True)
     # build beside the target and rename at the end: a crash never leaves a half-written model dir
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    init_tiny_model(str(tmp), TinyModelSpec())
-    report = {"warm_start_steps": cfg.warm_start_steps}
+    spec = TinyModelSpec(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.hidden_size // 64,
+                         num_kv_heads=max(1, cfg.hidden_size // 128), intermediate_size=3 * cfg.hidden_size)
+    tokenizer = build_tokenizer(cfg, settings)
+    init_tiny_model(str(tmp), spec, tokenizer)
+    report = {"tokenizer": cfg.tokenizer, "vocab": len(tokenizer), "hidden_size": cfg.hidden_size,
+              "num_layers": cfg.num_layers, "warm_start_steps": cfg.warm_start_steps,
+              "warm_start_lr": cfg.warm_start_lr, "warm_start_batch": cfg.warm_start_batch,
+              "env_max_steps": settings.max_steps}
+    model, tokenizer = load_policy(str(tmp))
+    report["parameters"] = count_parameters(model)
     if cfg.warm_start_steps > 0:
-        model, tokenizer = load_policy(str(tmp))
-        settings = EpisodeSettings.from_config(Skill1Config(), training=True)
-        report.update(warm_start(model, tokenizer, settings, cfg.warm_start_steps))
+        report.update(warm_start(model, tokenizer, settings, cfg.warm_start_steps, lr=cfg.warm_start_lr,
+                                 batch_size=cfg.warm_start_batch))
         model.save_pretrained(str(tmp))
     (tmp / "skill1_provenance.json").write_text(json.dumps(report, indent=2))
     if path.exists():

@@ -1,8 +1,10 @@
 """A tiny, randomly initialised Qwen2-architecture policy, and the loader every policy goes through.
 
 `init_tiny_model` writes a complete Hugging Face model dir (config.json, generation_config.json,
-model.safetensors, tokenizer files): the real Qwen2.5 tokenizer and vocabulary, the Qwen2 architecture,
-only much smaller. `load_policy` is the one code path that loads a policy — the tiny one on a laptop or
+model.safetensors, tokenizer files): the Qwen2 architecture, much smaller, with either the real Qwen2.5
+tokenizer (152k tokens) or a small byte-level BPE trained on the built-in env's text that keeps Qwen's chat
+format and special tokens (`skill1.models.env_tokenizer`). On a CPU the 152k-token output layer is nearly
+the whole cost of a step; the small vocabulary buys a body large enough to learn. `load_policy` is the one code path that loads a policy — the tiny one on a laptop or
 Qwen2.5-7B-Instruct on a GPU cluster — so nothing in it is specific to the tiny model.
 """
 
@@ -15,7 +17,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import logging as hf_logging
 
-from skill1.models.tokenizer import PAD_TOKEN, SPECIAL_TOKEN_IDS, VOCAB_SIZE, EOS_TOKEN, build_qwen_tokenizer
+from skill1.models.tokenizer import (EOS_TOKEN, NUM_BPE_RANKS, PAD_TOKEN, SPECIAL_TOKEN_IDS, VOCAB_SIZE,
+                                    build_qwen_tokenizer)
 
 EOS_TOKEN_ID = SPECIAL_TOKEN_IDS[EOS_TOKEN]  # 151645 <|im_end|>
 PAD_TOKEN_ID = SPECIAL_TOKEN_IDS[PAD_TOKEN]  # 151643 <|endoftext|>
@@ -23,11 +26,11 @@ PAD_TOKEN_ID = SPECIAL_TOKEN_IDS[PAD_TOKEN]  # 151643 <|endoftext|>
 
 @dataclass
 class TinyModelSpec:
-    hidden_size: int = 128
+    hidden_size: int = 256
     num_layers: int = 4
-    num_heads: int = 2  # head_dim = hidden_size / num_heads = 64 (vLLM's CPU backend needs 64)
-    num_kv_heads: int = 1
-    intermediate_size: int = 256
+    num_heads: int = 4  # head_dim = hidden_size / num_heads = 64 (vLLM's CPU backend needs 64)
+    num_kv_heads: int = 2
+    intermediate_size: int = 768
     max_position_embeddings: int = 4096
     seed: int = 0
 
@@ -36,12 +39,13 @@ class TinyModelSpec:
         return self.hidden_size // self.num_heads
 
 
-def tiny_config(spec: TinyModelSpec) -> Qwen2Config:
+def tiny_config(spec: TinyModelSpec, vocab_size: int = VOCAB_SIZE, eos_id: int = EOS_TOKEN_ID,
+                pad_id: int = PAD_TOKEN_ID) -> Qwen2Config:
     if spec.hidden_size % spec.num_heads or spec.num_heads % spec.num_kv_heads:
         raise ValueError(f"hidden_size ({spec.hidden_size}) must be divisible by num_heads ({spec.num_heads}) "
                          f"and num_heads by num_kv_heads ({spec.num_kv_heads})")
     return Qwen2Config(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers,
@@ -54,31 +58,31 @@ def tiny_config(spec: TinyModelSpec) -> Qwen2Config:
         tie_word_embeddings=True,
         use_sliding_window=False,
         attention_dropout=0.0,
-        bos_token_id=PAD_TOKEN_ID,  # as Qwen2.5's config.json: <|endoftext|>; the tokenizer adds no bos
-        eos_token_id=EOS_TOKEN_ID,
-        pad_token_id=PAD_TOKEN_ID,
+        bos_token_id=pad_id,  # as Qwen2.5's config.json: <|endoftext|>; the tokenizer adds no bos
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
         dtype="float32",
     )
 
 
-def init_tiny_model(out_dir: str, spec: TinyModelSpec = TinyModelSpec()) -> str:
-    """Write a randomly initialised tiny Qwen2 model and the Qwen2.5 tokenizer to `out_dir`.
+def init_tiny_model(out_dir: str, spec: TinyModelSpec = TinyModelSpec(), tokenizer=None) -> str:
+    """Write a randomly initialised tiny Qwen2 model and its tokenizer (default: Qwen2.5's) to `out_dir`.
 
-    Deterministic: the same spec gives identical weights. Returns `out_dir`.
+    Deterministic: the same spec and tokenizer give identical weights. Returns `out_dir`.
     """
-    config = tiny_config(spec)
+    tokenizer = tokenizer if tokenizer is not None else build_qwen_tokenizer()
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    # Qwen2.5 pads its embedding to 151,936 rows; a small vocabulary gets exactly its own size
+    vocab = VOCAB_SIZE if len(tokenizer) > NUM_BPE_RANKS else len(tokenizer)
+    config = tiny_config(spec, vocab, eos_id, pad_id)
     with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG state alone
         torch.manual_seed(spec.seed)
         model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=PAD_TOKEN_ID,
-        eos_token_id=[EOS_TOKEN_ID, PAD_TOKEN_ID],
-        pad_token_id=PAD_TOKEN_ID,
-    )
+    model.generation_config = GenerationConfig(bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
-    build_qwen_tokenizer().save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
     return str(out_dir)
 
 

@@ -1,46 +1,84 @@
-"""Warm start: supervised fine-tuning of a fresh policy on expert demonstrations of the built-in env.
+"""Warm start: supervised fine-tuning of a fresh policy on demonstrations of the built-in env.
 
 A randomly initialised model writes no parseable output: every action is invalid, every reward 0,
 the library stays empty, and RL has nothing to work with. The demonstrations come from running the
-real episode state machine with an oracle answering each request (the env's expert plan for actions,
-a family skill for distillation), so their prompts are byte-identical to those the policy sees in RL.
+real episode state machine with an oracle answering each request, so their prompts are byte-identical to
+those the policy sees in RL. The oracle is the *searcher* (`envs.builtin.searcher`): it knows the formats
+and the procedures but not where objects are, so the warm-started policy can act, select, follow and write
+skills, and leaves the knowledge of where things live to reinforcement learning and the library.
+
+What the demonstrations teach, stage by stage:
+  query    the task's gist ("put a hot egg"), the text skills are filed under
+  rerank   the candidate written for the same object
+  act      search in listed order, or the receptacle kind the chosen skill names first
+  distill  a skill from the trajectory: where the object was found, and the family's procedure
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 from skill1.agent.episode import EpisodeSettings, Generate, Generated, Reset, Retrieve, Step, run_episode
-from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource, expert_actions
+from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
+from skill1.envs.builtin.searcher import search_actions
+from skill1.envs.builtin.world import APPLIANCE, PRIORS, SPECS, VERB, generate_world
 from skill1.learner.batching import collate
 from skill1.learner.forward import response_logprobs
 from skill1.types import Candidate, SkillDraft, Stage, Task, TrainSample
 
-# Demonstration skills, one per family: what a good distillation of an expert episode looks like.
-FAMILY_SKILLS = {
-    "pick_and_place": SkillDraft(
-        "put an object in or on a receptacle",
-        "find the object, take it, go to the target receptacle, open it if closed, move the object to it"),
-    "pick_two_obj_and_place": SkillDraft(
-        "put two objects of one kind in or on a receptacle",
-        "find the first object, take it, move it to the target; then find the second one and do the same"),
-    "look_at_obj_in_light": SkillDraft(
-        "look at or examine an object under the desklamp",
-        "find the object, take it, go to desklamp 1 and use desklamp 1 while holding it"),
-    "pick_clean_then_place": SkillDraft(
-        "put a clean object in or on a receptacle",
-        "find the object, take it, go to sinkbasin 1, clean it with sinkbasin 1, then move it to the target"),
-    "pick_heat_then_place": SkillDraft(
-        "put a hot or heated object in or on a receptacle",
-        "find the object, take it, go to microwave 1, heat it with microwave 1, then move it to the target"),
-    "pick_cool_then_place": SkillDraft(
-        "put a cool or cold object in or on a receptacle",
-        "find the object, take it, go to fridge 1, cool it with fridge 1, then move it to the target"),
+# The gist of a task: what a query asks for and what a skill's scenario is filed under.
+GIST = {
+    "pick_and_place": "put a {o}",
+    "pick_two_obj_and_place": "put two {o}",
+    "look_at_obj_in_light": "look at a {o} in light",
+    "pick_clean_then_place": "put a clean {o}",
+    "pick_heat_then_place": "put a hot {o}",
+    "pick_cool_then_place": "put a cool {o}",
 }
+PROCEDURE = {
+    "pick_and_place": "take it, go to the target, open it if closed, move the {o} there",
+    "pick_two_obj_and_place": "take one, move it to the target, then fetch the second the same way",
+    "look_at_obj_in_light": "take it, go to the desklamp and use the desklamp",
+    "pick_clean_then_place": "take it, clean it with the sinkbasin, then move it to the target",
+    "pick_heat_then_place": "take it, heat it with the microwave, then move it to the target",
+    "pick_cool_then_place": "take it, cool it with the fridge, then move it to the target",
+}
+ADVICE = re.compile(r"look for the \w+ in the (\w+) first")
+STAGE_WEIGHTS = {Stage.QUERY: 0.12, Stage.RERANK: 0.1, Stage.ACT: 0.58, Stage.DISTILL: 0.2}
+
+
+def gist(family: str, obj: str) -> str:
+    return GIST[family].format(o=obj)
+
+
+def task_gist(task: Task) -> str:
+    return gist(task.family, generate_world(int(task.payload["seed"]), task.family).goal_kind)
+
+
+def write_skill(family: str, obj: str, found_kind: str | None) -> SkillDraft:
+    """The skill a trajectory teaches: where the object turned up (if it did), then the family's procedure."""
+    where = f"look for the {obj} in the {found_kind} first, " if found_kind else f"search each place for the {obj}, "
+    return SkillDraft(gist(family, obj), where + PROCEDURE[family].format(o=obj))
+
+
+def advised_kind(strategy: str | None) -> str | None:
+    """The receptacle kind a skill says to search first, if it says one."""
+    m = ADVICE.search(strategy or "")
+    return m.group(1) if m else None
+
+
+def found_kind_of(actions: list[str], obj: str) -> str | None:
+    """Where the trajectory picked up its first goal object (`take <obj> N from <kind> M`)."""
+    for a in actions:
+        m = re.fullmatch(rf"take {obj} \d+ from (\w+) \d+", a)
+        if m:
+            return m.group(1)
+    return None
 
 
 @dataclass
@@ -50,27 +88,56 @@ class Demo:
     response_ids: list[int]
 
 
-def _candidates(family: str, rng: random.Random, k: int = 3) -> tuple[list[Candidate], int]:
-    others = rng.sample([f for f in FAMILY_SKILLS if f != family], k - 1)
-    fams = [family, *others]
-    rng.shuffle(fams)
-    cands = [Candidate(f"demo-{f}", FAMILY_SKILLS[f].scenario, FAMILY_SKILLS[f].strategy, 0.5, 0, 0.5, 0.5)
-             for f in fams]
-    return cands, fams.index(family)
+def _candidates(task: Task, rng: random.Random, k: int = 3) -> tuple[list[Candidate], int]:
+    """k skills as a library would offer them: one written for the task's object (advice drawn from where
+    that object kind tends to be), the others for other objects; returns them and the right one's index."""
+    world = generate_world(int(task.payload["seed"]), task.family)
+    obj = world.goal_kind
+    kinds = list(PRIORS[obj])
+    own = write_skill(task.family, obj, rng.choices(kinds, weights=[PRIORS[obj][q] for q in kinds])[0])
+    drafts = [own]
+    for _ in range(k - 1):
+        fam = rng.choice(list(SPECS))
+        other = rng.choice([o for o in SPECS[fam].objects if o != obj])
+        drafts.append(write_skill(fam, other, rng.choice(list(PRIORS[other]))))
+    order = list(range(k))
+    rng.shuffle(order)
+    cands = [Candidate(f"demo-{i}", drafts[i].scenario, drafts[i].strategy, 0.5, 0, 0.5, 0.5) for i in order]
+    return cands, order.index(0)
 
 
-def expert_demos(tasks: list[Task], tokenizer, settings: EpisodeSettings, seed: int = 0) -> list[Demo]:
+def demonstrations(tasks: list[Task], tokenizer, settings: EpisodeSettings, seed: int = 0,
+                   with_library: float = 0.6, explore: float = 0.25) -> list[Demo]:
+    """Run each task's episode with the searcher as oracle and record every generation as a demo.
+
+    `with_library`: share of episodes that retrieve skills (the rest see an empty library, as iteration 1
+    and a no-library run do); `explore`: share of unadvised episodes whose first visit is a random receptacle
+    kind, so the policy keeps some spread over where to look first (RL needs it to explore)."""
     rng, env, eos = random.Random(seed), HouseholdEnv(max_steps=settings.max_steps), tokenizer.eos_token
     demos: list[Demo] = []
     for task in tasks:
-        plan = iter(expert_actions(task))
-        skill = FAMILY_SKILLS[task.family]
-        cands, right = _candidates(task.family, rng)
+        world = generate_world(int(task.payload["seed"]), task.family)
+        cands, right = _candidates(task, rng) if rng.random() < with_library else ([], 0)
+        first = advised_kind(cands[right].strategy) if cands else None
+        if first is None and rng.random() < explore:
+            first = rng.choice(sorted({r.kind for r in world.receptacles.values()}))
+        plan = iter(search_actions(task, first, limit=settings.max_steps).actions)
+        taken: list[str] = []
+
+        def act() -> str:
+            action = next(plan, "look")  # the searcher's plan fits max_steps; this only guards a short one
+            taken.append(action)
+            return f"<think>ok</think><action>{action}</action>"
+
+        def distill() -> str:
+            skill = write_skill(task.family, world.goal_kind, found_kind_of(taken, world.goal_kind))
+            return f"<scenario>{skill.scenario}</scenario><strategy>{skill.strategy}</strategy>"
+
         oracle = {
-            Stage.QUERY: lambda: f"<query>{task.description}</query>",
+            Stage.QUERY: lambda: f"<query>{gist(task.family, world.goal_kind)}</query>",
             Stage.RERANK: lambda: f"<choice>{right + 1}</choice>",
-            Stage.ACT: lambda: f"<think>ok</think><action>{next(plan)}</action>",
-            Stage.DISTILL: lambda: f"<scenario>{skill.scenario}</scenario><strategy>{skill.strategy}</strategy>",
+            Stage.ACT: act,
+            Stage.DISTILL: distill,
         }
         episode = run_episode(task, "demo", "demo", tokenizer, settings)
         request = episode.send(None)
@@ -93,25 +160,29 @@ def expert_demos(tasks: list[Task], tokenizer, settings: EpisodeSettings, seed: 
     return demos
 
 
-def warm_start(model: torch.nn.Module, tokenizer, settings: EpisodeSettings, steps: int, *, num_tasks: int = 240,
-               batch_size: int = 16, lr: float = 3e-3, seed: int = 0, progress: bool = True) -> dict[str, float]:
+def demo_tasks(num_tasks: int, seed: int = 0) -> list[Task]:
+    return HouseholdTaskSource().sample("train", num_tasks, seed=10_000 + seed)
+
+
+def warm_start(model: torch.nn.Module, tokenizer, settings: EpisodeSettings, steps: int, *, num_tasks: int = 600,
+               batch_size: int = 32, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> dict[str, float]:
     """`steps` AdamW steps of token-mean NLL on the generated part of the demonstrations."""
-    tasks = HouseholdTaskSource().sample("train", num_tasks, seed=10_000 + seed)
-    demos = expert_demos(tasks, tokenizer, settings, seed)
+    demos = demonstrations(demo_tasks(num_tasks, seed), tokenizer, settings, seed)
     by_stage: dict[Stage, list[TrainSample]] = {}
     for d in demos:
         by_stage.setdefault(d.stage, []).append(
             TrainSample(d.prompt_ids + d.response_ids, len(d.prompt_ids), [0.0] * len(d.response_ids), 1.0, d.stage))
-    stages = sorted(by_stage, key=lambda s: s.value)
+    stages = [s for s in STAGE_WEIGHTS if s in by_stage]
+    weights = [STAGE_WEIGHTS[s] for s in stages]
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / steps))
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc="warm start (expert SFT)", disable=not progress,
-                  mininterval=5.0):
-        # stage-balanced: acting demos outnumber the others ~6:1, but all four generations must parse
-        batch = [rng.choice(by_stage[rng.choice(stages)]) for _ in range(batch_size)]
+    for _ in tqdm(range(steps), desc="warm start (searcher SFT)", disable=not progress, mininterval=5.0):
+        # stage-weighted: acting demos outnumber the others ~7:1, but all four generations must parse
+        batch = [rng.choice(by_stage[s]) for s in rng.choices(stages, weights=weights, k=batch_size)]
         mb = collate(batch, tokenizer.pad_token_id)
         loss = -response_logprobs(model, mb).mean()
         loss.backward()

@@ -186,9 +186,9 @@ class RolloutWorker:
         self._weights_ref, self._weights_learner = packet_ref[0], learner
 
     def run(self, req: RolloutRequest) -> list[Episode]:
-        """Run every episode of `req` and return them in request order."""
+        """Run every episode of `req` and return them in request order. Not while streaming: `stop()` first."""
         if self._thread is not None:
-            raise RuntimeError("run() called on a worker that is streaming; use submit/poll")
+            raise RuntimeError("run() called on a worker that is streaming; use submit/poll, or stop() it first")
         self.last_stats = self._stats = RolloutStats()
         key = self._add(req)
         while not self._jobs[key].complete:
@@ -220,10 +220,36 @@ class RolloutWorker:
         stats = dataclasses.replace(self._stats, fault_log=list(self._stats.fault_log))  # a copy: the loop runs on
         return RolloutProgress(completed, stats, dict(self._busy), len(self._live))
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """End streaming: stop the loop thread, drop what it still had (live episodes, their environment slots,
+        queued and finished-but-unpolled requests, a loop error), and leave the worker as new, so `run()`
+        works again and a later `submit()` starts a fresh loop. Calls already sent to samplers and pools
+        are left to finish; their answers are ignored. Raises if the loop does not end within `timeout_s`
+        (the worker then stays in streaming mode). A no-op when not streaming (a `run` may be under way)."""
+        thread = self._thread
+        if thread is None:
+            return
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        thread.join(timeout=timeout_s)
+        if thread.is_alive():
+            raise RuntimeError(f"the rollout loop did not stop within {timeout_s:g} s")
+        abandoned: dict[int, list[int]] = defaultdict(list)
+        for ep in self._live.values():
+            ep.gen.close()
+            abandoned[ep.pool].append(ep.slot)  # whatever it holds there, or will once a reset in flight lands
+        for p, slots in abandoned.items():  # sent after any call in flight to that pool: frees what it creates
+            self.pools[p].release.remote(slots)
+        self._live.clear()
+        self._jobs.clear()
+        for q in (self._incoming, self._completed):
+            while True:
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+        self._error = None
+        self._thread = None
+        self._stop.clear()
 
     # ---------------------------------------------------------------- the loop
     def _stream(self) -> None:
