@@ -21,6 +21,7 @@ nothing more until v+1 is on every sampler), and the run equals `run_sync` exact
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field, fields
 
@@ -30,10 +31,12 @@ from skill1.algo.admission import AdmissionController, staleness
 from skill1.algo.batch import episodes_to_samples
 from skill1.metrics import episode_metrics, fault_metrics
 from skill1.rollout.worker import RolloutRequest, RolloutStats
-from skill1.trainer import TaskPlan, TrainContext, busy_fractions, compute_credit, fault_policy, update_library
+from skill1.rollout.requests import fault_policy
+from skill1.trainer import TaskPlan, TrainContext, busy_fractions, compute_credit, update_library
 from skill1.types import Episode
 
 POLL_WAIT_S = 0.5  # a poll returns at once when a group is done; this only bounds an idle wait
+EVAL_TAG = "eval"  # a held-out evaluation streams beside the training groups
 
 
 @dataclass
@@ -122,9 +125,11 @@ def run_async(ctx: TrainContext, bar) -> dict:
     headroom_min, restarts_seen = float("inf"), 0
     last_stats, last_busy, stats, busy = RolloutStats(), {}, RolloutStats(), {}
     last_log, metrics, t_sync = time.perf_counter(), {}, 0.0
+    evaluating: int | None = None  # the iteration a held-out evaluation in flight follows
+    push_held = False  # new weights wait while it runs: every eval episode sees one policy version
 
     while logged < a.iterations:
-        if ctx.stop and not update_refs and not sync_refs:
+        if ctx.stop and not update_refs and not sync_refs and not push_held:
             # SIGTERM with the learner idle: a consistent point. What runs now is played again on resume.
             ctx.stop_now(logged, next_seq, running.union(replay), buffer)
             break
@@ -148,7 +153,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
         headroom_min = min(headroom_min, ctl.capacity(version) - ctl.accepted - ctl.running)
 
         # form a batch: the B oldest groups still within eta of the weights that will train them
-        if not update_refs and not sync_refs and not ctx.stop:
+        if not update_refs and not sync_refs and not push_held and not ctx.stop:
             groups, buffer, expired = take_batch(buffer, learner_version, ctl)
             counters["expired_in_buffer"] += expired
             if groups:
@@ -177,6 +182,10 @@ def run_async(ctx: TrainContext, bar) -> dict:
             progress = ray.get(poll_ref)
             poll_ref, stats, busy = None, progress.stats, progress.busy_s
             for tag, episodes in progress.completed:
+                if tag == EVAL_TAG:
+                    ctx.held_out(evaluating, episodes)
+                    evaluating = None
+                    continue
                 running.discard(int(tag))
                 behaviour = min(e.policy_version for e in episodes)
                 if ctl.on_finish(learner_version, behaviour):
@@ -191,6 +200,9 @@ def run_async(ctx: TrainContext, bar) -> dict:
             t_sync = time.perf_counter()
             fleet.heal(stats.sampler_restarts > restarts_seen)
             restarts_seen = stats.sampler_restarts
+            push_held = True
+        if push_held and evaluating is None:
+            push_held = False
             acks, others = fleet.push_weights(learner_version)
             sync_refs = [*acks, *others]
 
@@ -223,8 +235,11 @@ def run_async(ctx: TrainContext, bar) -> dict:
             training = None
             if ctx.due(logged):  # the learner is idle and the library tagged: a consistent point
                 ctx.checkpoint(logged, next_seq, running.union(replay), buffer)
+            if ctx.eval_due(logged):
+                evaluating = logged
+                fleet.worker.submit.remote([dataclasses.replace(ctx.eval_request(version), tag=EVAL_TAG)])
     else:
         if ctx.stop:
             ctx.stop_now(logged, next_seq, running.union(replay), buffer)
-    fleet.worker.stop.remote()
+    ray.get(fleet.worker.stop.remote())  # before anything else runs on the worker (a final evaluation)
     return metrics

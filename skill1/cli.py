@@ -94,10 +94,16 @@ def _eval(args) -> None:
 
 
 def _init_tiny(args) -> None:
-    from skill1.config import ModelConfig
+    import dataclasses
+
+    from skill1.agent.episode import EpisodeSettings
     from skill1.models.provision import ensure_policy
 
-    path = ensure_policy(ModelConfig(path=args.out, warm_start_steps=args.warm_start_steps), force=True)
+    cfg = load_config(args.config, args.overrides)
+    model = dataclasses.replace(cfg.model, path=args.out or cfg.model.path)
+    if args.warm_start_steps is not None:
+        model = dataclasses.replace(model, warm_start_steps=args.warm_start_steps)
+    path = ensure_policy(model, force=True, settings=EpisodeSettings.from_config(cfg, training=True))
     print(f"tiny policy written to {path}")
 
 
@@ -121,9 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. env.eval_tasks=60")
     e.set_defaults(fn=_eval)
     m = sub.add_parser("model", help="policy models").add_subparsers(dest="model_command", required=True)
-    mi = m.add_parser("init-tiny", help="create the tiny local Qwen2-architecture policy")
-    mi.add_argument("--out", default="runs/models/tiny-qwen2")
-    mi.add_argument("--warm-start-steps", type=int, default=120, help="SFT steps on expert demos (0: random)")
+    mi = m.add_parser("init-tiny", help="create the tiny local Qwen2-architecture policy (tokenizer, init, warm "
+                                        "start), as the model.* keys of the config describe it")
+    mi.add_argument("--config", help="YAML config whose model.* and env.* keys to use (default: the defaults)")
+    mi.add_argument("--out", help="model dir (default: the config's model.path)")
+    mi.add_argument("--warm-start-steps", type=int, help="SFT steps on searcher demos (default: the config's; 0: random)")
+    mi.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.hidden_size=128")
     mi.set_defaults(fn=_init_tiny)
     register_library(sub)
     return p

@@ -39,7 +39,7 @@ def _one_of(value: Any, key: str, choices: tuple) -> None:
 
 @dataclass
 class ModelConfig:
-    path: str = "runs/models/tiny-qwen2"  # any HF causal-LM dir (e.g. Qwen2.5-7B-Instruct)
+    path: str = "runs/models/tiny-env"  # any HF causal-LM dir (e.g. Qwen2.5-7B-Instruct)
     create_tiny_if_missing: bool = True  # build the tiny local model there if the dir is absent
     dtype: str = "float32"  # float32 | bfloat16
     # The tiny local policy, built only when model.path holds no model (see README "The tiny policy"):
@@ -82,6 +82,7 @@ class EnvConfig:
     max_pool_restarts: int = 10  # per pool actor (a killed or crashed pool comes back empty)
     eval_split: Optional[str] = None  # None: the env's first below (alfworld: valid_unseen, as verl-agent reports)
     eval_tasks: int = 24
+    eval_seed: int = 0  # which held-out tasks: fixed apart from algorithm.seed, so runs of any seed compare
 
     def validate(self) -> None:
         _one_of(self.name, "env.name", ENV_NAMES)
@@ -319,6 +320,11 @@ class Skill1Config:
     # after the last iteration; 0: none (a SIGTERM still checkpoints). `skill1 train --resume <run dir>`
     save_every: int = 5
     keep_checkpoints: int = 2  # newest resumable checkpoints kept (0: all)
+    # held-out evaluation during training (env.eval_tasks tasks of the eval split, rollout.eval_temperature):
+    # before the first and after the last iteration when eval_at_ends, and every eval_every iterations (0: never);
+    # logged as eval/* at the iteration they follow (0: before training)
+    eval_at_ends: bool = False
+    eval_every: int = 0
     overwrite: bool = False  # replace an existing run dir of the same name (else refuse to start)
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -333,6 +339,7 @@ class Skill1Config:
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(self.save_every >= 0, "save_every", "must be >= 0")
         _check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
+        _check(self.eval_every >= 0, "eval_every", "must be >= 0 (0: never during training)")
         for section in (self.model, self.env, self.rollout, self.library, self.algorithm,
                         self.learner, self.placement, self.logging):
             section.validate()

@@ -24,7 +24,7 @@ from skill1.config import Skill1Config
 from skill1.envs.registry import make_task_source
 from skill1.rollout.worker import RolloutRequest
 from skill1.runtime import init_ray, start_fleet
-from skill1.trainer import fault_policy, retrieval_settings
+from skill1.rollout.requests import fault_policy, retrieval_settings
 from skill1.types import Episode, Task
 
 EVAL_TOP_P = 1.0
@@ -53,9 +53,9 @@ def pick_library_version(library, tag: str | None) -> int | None:
 
 
 def eval_tasks(cfg: Skill1Config) -> list[Task]:
-    """The held-out tasks: `env.eval_tasks` of them from `env.resolved_eval_split()`, seeded by `algorithm.seed`."""
+    """The held-out tasks: `env.eval_tasks` of them from `env.resolved_eval_split()`, seeded by `env.eval_seed`."""
     return make_task_source(cfg.env.name, **cfg.env.source_options()).sample(
-        cfg.env.resolved_eval_split(), cfg.env.eval_tasks, seed=cfg.algorithm.seed)
+        cfg.env.resolved_eval_split(), cfg.env.eval_tasks, seed=cfg.env.eval_seed)
 
 
 def eval_episode_ids(tasks: list[Task]) -> list[str]:
@@ -75,7 +75,7 @@ def eval_request(cfg: Skill1Config, tasks: list[Task], library_version: int | No
 def eval_settings(cfg: Skill1Config) -> dict:
     """What the draws depend on besides checkpoint, library and tasks: recorded in the report."""
     r = cfg.rollout
-    return {"temperature": r.eval_temperature, "top_p": EVAL_TOP_P, "seed": cfg.algorithm.seed,
+    return {"temperature": r.eval_temperature, "top_p": EVAL_TOP_P, "seed": cfg.algorithm.seed, "eval_seed": cfg.env.eval_seed,
             "backend": r.backend, "dtype": cfg.model.dtype, "torch_threads": r.torch_threads,
             "num_samplers": r.num_samplers}
 

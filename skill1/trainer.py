@@ -31,10 +31,12 @@ from skill1.checkpoint import (Checkpoint, StopRequest, TrainState, latest_check
                                truncate_jsonl, write_checkpoint)
 from skill1.config import ConfigError, Skill1Config, save_config
 from skill1.envs.registry import make_task_source
+from skill1.evaluate import eval_metrics, eval_request, eval_tasks, summarize
 from skill1.library.retrieval import RetrievalSettings
 from skill1.metrics import MetricsLogger, episode_metrics, fault_metrics
 from skill1.models.provision import ensure_policy
-from skill1.rollout.worker import EnvFaultPolicy, RolloutRequest
+from skill1.rollout.requests import fault_policy, retrieval_settings
+from skill1.rollout.worker import RolloutRequest
 from skill1.runtime import init_ray, sampler_python, start_fleet
 from skill1.types import Episode
 
@@ -49,15 +51,6 @@ class TrainResult:
     wandb_dir: str | None
     final_metrics: dict
     stopped_at: int | None = None  # SIGTERM: the iteration checkpointed before stopping (resume from there)
-
-
-def fault_policy(cfg: Skill1Config) -> EnvFaultPolicy:
-    return EnvFaultPolicy(cfg.env.step_timeout_s, cfg.env.max_env_retries)
-
-
-def retrieval_settings(cfg: Skill1Config, training: bool) -> RetrievalSettings:
-    lib = cfg.library
-    return RetrievalSettings(lib.top_k, lib.top_m, lib.exploration if training else 0.0, lib.similarity_weight)
 
 
 def update_library(library, encoder, episodes: list[Episode], iteration: int,
@@ -196,6 +189,29 @@ class TrainContext:
                    f"valid actions {metrics.get('act/valid_rate', 0):.2f}  library {int(metrics['library/size'])}  "
                    f"step {step_s:.1f}s")
 
+    def eval_request(self, policy_version: int):
+        """Held-out tasks with the samplers as they are (holding `policy_version`) and the newest library tag."""
+        return eval_request(self.cfg, eval_tasks(self.cfg), self.pinned_library(), policy_version)
+
+    def eval_due(self, it: int) -> bool:
+        """A held-out evaluation after iteration `it` during training (the one after the last is `eval_at_ends`')."""
+        every = self.cfg.eval_every
+        return bool(every) and it % every == 0 and it < self.cfg.algorithm.iterations
+
+    def held_out(self, it: int, episodes: list[Episode]) -> dict:
+        """Log a held-out evaluation's episodes as eval/* at iteration `it` (0: before training)."""
+        report = summarize(episodes)
+        self.logger.log(eval_metrics(report), step=it)
+        fams = "  ".join(f"{f.split('_')[1] if f.startswith('pick_') else f.split('_')[0]} {r:.2f}"
+                         for f, r in report["success_by_family"].items())
+        tqdm.write(f"held-out eval after iteration {it}: success {report['success']:.3f}  "
+                   f"valid actions {report['valid_action_rate']:.2f}  ({fams})")
+        return report
+
+    def evaluate_now(self, it: int, policy_version: int) -> dict:
+        """A held-out evaluation with the worker idle (not streaming)."""
+        return self.held_out(it, ray.get(self.fleet.worker.run.remote(self.eval_request(policy_version))))
+
     def due(self, it: int) -> bool:
         """A periodic checkpoint after iteration `it` (every `save_every`, and after the last one)."""
         return bool(self.cfg.save_every) and (it % self.cfg.save_every == 0 or it == self.cfg.algorithm.iterations)
@@ -279,6 +295,8 @@ def run_sync(ctx: TrainContext, bar) -> dict:
         ctx.report(it, metrics, t4 - t0, bar)
         if ctx.due(it):
             ctx.checkpoint(it, it * b)
+        if ctx.eval_due(it):
+            ctx.evaluate_now(it, policy_version)
     if ctx.stop:
         ctx.stop_now(cfg.algorithm.iterations, cfg.algorithm.iterations * b)
     return metrics
@@ -348,6 +366,8 @@ def train(cfg: Skill1Config, resume: bool = False) -> TrainResult:
                 raise RuntimeError(f"checkpoint {ckpt.path}: learner at version {version}, state says {start}")
             ctx.sync_weights(version)  # the samplers start from the reference weights: give them the policy's
             tqdm.write(f"resumed {run_dir} at iteration {start} from {ckpt.path}")
+        if cfg.eval_at_ends and ckpt is None:
+            ctx.evaluate_now(0, 0)
         if cfg.rollout.mode == "async":
             from skill1.async_trainer import run_async
 
@@ -356,6 +376,9 @@ def train(cfg: Skill1Config, resume: bool = False) -> TrainResult:
             metrics = run_sync(ctx, bar)
         if ctx.stopped_at is None:
             fleet.save(str(checkpoint))
+            if cfg.eval_at_ends:
+                metrics = {**metrics, **eval_metrics(ctx.evaluate_now(cfg.algorithm.iterations,
+                                                                      cfg.algorithm.iterations))}
     finally:
         ctx.stop.restore()
         bar.close()

@@ -95,7 +95,18 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def test_every_config_in_pipelines_is_covered():
-    assert {p.name for p in (ROOT / "pipelines/configs").glob("*.yaml")} == {"quickstart.yaml", *BENCHMARKS}
+    assert {p.name for p in (ROOT / "pipelines/configs").glob("*.yaml")} == {"quickstart.yaml", "cpu_study.yaml",
+                                                                              *BENCHMARKS}
+
+
+def test_the_cpu_configs_share_the_policy_and_compare_on_fixed_held_out_tasks():
+    quick = load_config(ROOT / "pipelines/configs/quickstart.yaml")
+    study = load_config(ROOT / "pipelines/configs/cpu_study.yaml")
+    assert quick.model == study.model and quick.env.max_steps == study.env.max_steps  # one warm start serves both
+    assert study.eval_at_ends and study.eval_every and study.rollout.eval_temperature == 0  # greedy, fixed points
+    assert quick.eval_at_ends and quick.rollout.eval_temperature == 0
+    assert study.algorithm.iterations > quick.algorithm.iterations
+    assert study.rollout.max_library_staleness == quick.rollout.max_library_staleness == 0
 
 
 @pytest.mark.parametrize("fname", sorted(BENCHMARKS))

@@ -22,7 +22,7 @@ from helpers import CPU_OVERRIDES
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
-FAST = ["env.max_steps=4", "rollout.max_new_tokens_act=24", "rollout.max_new_tokens_distill=40",
+FAST = ["eval_at_ends=false", "eval_every=0", "env.max_steps=4", "rollout.max_new_tokens_act=24", "rollout.max_new_tokens_distill=40",
         "rollout.max_new_tokens_query=16", "algorithm.tasks_per_iteration=2", "algorithm.group_size=4",
         "logging.progress=false", "env.eval_tasks=6"]
 

@@ -217,20 +217,47 @@ def test_win_on_the_last_allowed_step_counts():
         HouseholdEnv().step("look")
 
 
-def test_admissible_lists_are_short_sorted_and_sensible():
+def test_admissible_lists_are_short_ordered_and_sensible():
     rng, env, lengths = random.Random(0), HouseholdEnv(), []
     for i in range(120):
         for result in random_walk(env, task(FAMILIES[i % 6], i), rng, 30):
             acts = result.admissible_actions
-            assert len(acts) == len(set(acts)) and acts == sorted(acts)
-            lengths.append(len(acts))
             w = env.world
+            # first: going to every receptacle whose contents were never visible, in the room's order
+            unsearched = [f"go to {r}" for r, rec in w.receptacles.items()
+                          if r != w.at and rec.kind != "desklamp" and r not in w.searched]
+            assert acts[:len(unsearched)] == unsearched and list(w.receptacles) == sorted(w.receptacles)
+            rest = acts[len(unsearched):]
+            assert len(acts) == len(set(acts)) and rest == sorted(rest)
+            lengths.append(len(acts))
             assert f"go to {w.at}" not in acts and {"look", "inventory"} <= set(acts)
             if w.holding is not None:
                 assert not any(a.startswith("take ") for a in acts)
             if any(a.startswith(("clean ", "heat ", "cool ", "move ")) for a in acts):
                 assert w.holding is not None
     assert 6 <= sum(lengths) / len(lengths) <= 16 and max(lengths) <= 22
+
+
+def test_a_receptacle_counts_as_searched_once_its_contents_were_visible():
+    for seed in range(200):
+        world = generate_world(seed, "pick_heat_then_place")
+        closed = [r for r in world.receptacles.values() if r.openable]
+        open_ = [r for r in world.receptacles.values() if not r.openable and r.kind != "desklamp"]
+        if closed and open_:
+            break
+    env = HouseholdEnv()
+    first = env.reset(task("pick_heat_then_place", seed)).admissible_actions
+    names = [r for r, rec in world.receptacles.items() if rec.kind != "desklamp"]
+    assert first[:len(names)] == [f"go to {r}" for r in names]
+    env.step(f"go to {closed[0].name}")  # arriving at a closed one shows nothing
+    assert closed[0].name not in env.world.searched
+    after = env.step(f"open {closed[0].name}").admissible_actions
+    assert closed[0].name in env.world.searched and after[0] != f"go to {closed[0].name}"
+    env.step(f"go to {open_[0].name}")  # an open surface shows its contents on arrival
+    assert open_[0].name in env.world.searched
+    back = env.step(f"go to {closed[0].name}").admissible_actions
+    unsearched = [f"go to {r}" for r in names if r not in env.world.searched and r != closed[0].name]
+    assert back[:len(unsearched)] == unsearched and f"go to {open_[0].name}" in back[len(unsearched):]
 
 
 def test_closed_receptacles_hide_their_contents():

@@ -79,7 +79,7 @@ def _submit(env: dict, model: str, out_dir: Path) -> subprocess.CompletedProcess
         ["bash", "cluster/submit.sh", "--config", "pipelines/configs/quickstart.yaml", f"output_dir={out_dir}",
          "name=job", f"model.path={model}", "rollout.backend=scripted", "learner.backend=torch",
          "algorithm.iterations=1", "algorithm.tasks_per_iteration=2", "algorithm.group_size=2", "env.max_steps=3",
-         "logging.progress=false", "logging.wandb_mode=offline"],
+         "logging.progress=false", "logging.wandb_mode=offline", "eval_at_ends=false", "eval_every=0"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

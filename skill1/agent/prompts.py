@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from skill1.types import Candidate
 
-PROMPT_VERSION = "v2"  # v2: the acting prompt opens with the environment, as verl-agent's
+PROMPT_VERSION = "v3"  # v2: the acting prompt opens with the environment, as verl-agent's; v3: compact builtin act
 
 QUERY = (
     "Your task is to: {task}\n"
@@ -41,6 +41,18 @@ ACT = (
     "Reason step by step within <think> </think> tags, then choose an admissible action and present it "
     "within <action> </action> tags."
 )
+
+# The built-in env's acting prompt says the same in fewer words: a CPU policy pays for every prompt token, and
+# the tiny policy learns to read a short prompt much sooner than a long one (README "The tiny policy").
+ACT_COMPACT = (
+    "Task: {task}\n"
+    "{skill}"
+    "{history}"
+    "Now: {observation}\n"
+    "Actions: [{actions}].\n"
+    "Answer <think>...</think><action>...</action>."
+)
+COMPACT_ENVS = frozenset({"builtin", "faulty"})
 
 DISTILL = (
     "Your task was to: {task}\n"
@@ -78,13 +90,19 @@ def act_prompt(
     steps_taken: int,
     env: str = "",
 ) -> list[int]:
+    actions = ", ".join(f"'{a}'" for a in admissible)
+    if env in COMPACT_ENVS:
+        skill = f"Skill: {strategy}\n" if strategy else ""
+        hist = "".join(f"Before: {o} Did: {a}\n" for o, a in history)
+        return _chat(tokenizer, ACT_COMPACT.format(task=task, skill=skill, history=hist, observation=observation,
+                                                   actions=actions))
     skill = f"Skill to follow: {strategy}\n" if strategy else ""
     hist = ""
     if history:
         pairs = " ".join(f"[Observation: {o} Action: {a}]" for o, a in history)
         hist = f"You have taken {steps_taken} step(s). Your most recent steps: {pairs}\n"
-    return _chat(tokenizer, ACT.format(intro=ENV_INTROS.get(env, DEFAULT_INTRO), task=task, skill=skill, history=hist, observation=observation,
-                                       actions=", ".join(f"'{a}'" for a in admissible)))
+    return _chat(tokenizer, ACT.format(intro=ENV_INTROS.get(env, DEFAULT_INTRO), task=task, skill=skill,
+                                       history=hist, observation=observation, actions=actions))
 
 
 def distill_prompt(tokenizer, task: str, actions: Sequence[str], success: bool, max_actions: int = 20) -> list[int]:

@@ -16,8 +16,8 @@ import time
 from skill1.agent.episode import Generated
 from skill1.types import WeightsPacket
 
-_ACTIONS = re.compile(r"admissible actions of the current situation are: \[(.*)\]\.", re.S)
-_TASK = re.compile(r"Your task is to: (.*)")
+_ACTIONS = re.compile(r"(?:admissible actions of the current situation are|\nActions): \[(.*)\]\.", re.S)
+_TASK = re.compile(r"(?:Your task is to|^Task): (.*)", re.M)
 _TEMPLATE = re.compile(r"^(\w+)\[<[^>]*>\]$")
 
 

@@ -43,7 +43,12 @@ def _room(world: World) -> str:
 
 
 def _admissible(world: World) -> list[str]:
-    acts = [f"go to {r}" for r in world.receptacles if r != world.at] + ["look", "inventory"]
+    """Going to a receptacle not searched yet comes first (in the room's order), the rest sorted: the
+    built-in env keeps track of where the agent has looked, so what it tests is knowing where to look
+    (where object kinds tend to be), not remembering where it has been."""
+    first = [f"go to {r}" for r in world.unsearched() if r != world.at]
+    acts = [f"go to {r}" for r in world.receptacles if r != world.at and f"go to {r}" not in first]
+    acts += ["look", "inventory"]
     if world.at is not None:
         rec = world.receptacles[world.at]
         acts.append(f"examine {rec.name}")
@@ -58,7 +63,7 @@ def _admissible(world: World) -> list[str]:
                 acts.append(f"move {world.holding} to {rec.name}")
             if rec.kind in VERB:
                 acts.append(f"{VERB[rec.kind]} {world.holding} with {rec.name}")
-    return sorted(acts)
+    return first + sorted(acts)
 
 
 # What a placed goal object must also be, per transforming family.
@@ -95,11 +100,15 @@ def _apply(world: World, action: str) -> str:
     verb, _, rest = action.partition(" ")
     if verb == "go":
         world.at = rest.removeprefix("to ")
+        if world.receptacles[world.at].visible:
+            world.searched.add(world.at)
         return f"You arrive at {world.at}. {_describe(world, world.at)}"
     if verb == "examine":
         return _describe(world, rest)
     if verb in ("open", "close"):
         world.receptacles[rest].is_open = verb == "open"
+        if verb == "open":
+            world.searched.add(rest)
         return f"You open the {rest}. {_describe(world, rest)}" if verb == "open" else f"You close the {rest}."
     if verb == "use":
         world.lamp_on = not world.lamp_on
