@@ -50,6 +50,7 @@ class ModelConfig:
     warm_start_steps: int = 700  # SFT steps on searcher demonstrations (0: a random policy)
     warm_start_lr: float = 2.0e-3
     warm_start_batch: int = 32
+    warm_start_tasks: int = 3000  # distinct tasks the demonstrations come from (more: less memorising)
 
     def validate(self) -> None:
         _one_of(self.dtype, "model.dtype", ("float32", "bfloat16"))
@@ -61,6 +62,7 @@ class ModelConfig:
         _check(self.warm_start_steps >= 0, "model.warm_start_steps", "must be >= 0")
         _check(0 < self.warm_start_lr < 1, "model.warm_start_lr", f"must be in (0, 1), got {self.warm_start_lr}")
         _check(self.warm_start_batch >= 1, "model.warm_start_batch", "must be >= 1")
+        _check(self.warm_start_tasks >= 1, "model.warm_start_tasks", "must be >= 1")
 
 
 @dataclass

@@ -20,6 +20,15 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
+# ALFWorld's short names for its task types (the built-in env's families are named after them)
+SHORT_FAMILY = {"pick_and_place": "pick", "pick_two_obj_and_place": "pick2", "look_at_obj_in_light": "look",
+                "pick_clean_then_place": "clean", "pick_heat_then_place": "heat", "pick_cool_then_place": "cool"}
+
+
+def short_family(family: str) -> str:
+    return SHORT_FAMILY.get(family, family)
+
+
 def _stage_prefix(stage: str) -> str:
     """Metric prefix of a generation stage: query and rerank are the two halves of selection (`select/query/...`)."""
     return f"select/{stage}" if stage in (Stage.QUERY.value, Stage.RERANK.value) else stage

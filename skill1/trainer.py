@@ -33,7 +33,7 @@ from skill1.config import ConfigError, Skill1Config, save_config
 from skill1.envs.registry import make_task_source
 from skill1.evaluate import eval_metrics, eval_request, eval_tasks, summarize
 from skill1.library.retrieval import RetrievalSettings
-from skill1.metrics import MetricsLogger, episode_metrics, fault_metrics
+from skill1.metrics import MetricsLogger, episode_metrics, fault_metrics, short_family
 from skill1.models.provision import ensure_policy
 from skill1.rollout.requests import fault_policy, retrieval_settings
 from skill1.rollout.worker import RolloutRequest
@@ -202,8 +202,7 @@ class TrainContext:
         """Log a held-out evaluation's episodes as eval/* at iteration `it` (0: before training)."""
         report = summarize(episodes)
         self.logger.log(eval_metrics(report), step=it)
-        fams = "  ".join(f"{f.split('_')[1] if f.startswith('pick_') else f.split('_')[0]} {r:.2f}"
-                         for f, r in report["success_by_family"].items())
+        fams = "  ".join(f"{short_family(f)} {r:.2f}" for f, r in report["success_by_family"].items())
         tqdm.write(f"held-out eval after iteration {it}: success {report['success']:.3f}  "
                    f"valid actions {report['valid_action_rate']:.2f}  ({fams})")
         return report

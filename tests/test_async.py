@@ -138,3 +138,32 @@ def test_async_run_bounds_staleness_and_keeps_the_admission_invariant(ray_local,
         assert m["policy/version"] == m["learner/version"] == m["step"]
         assert sum(m[f"async/staleness/{s}"] for s in range(3)) == pytest.approx(1.0)
     assert max(m["async/staleness_max"] for m in metrics) >= 1  # it really ran ahead of the learner
+
+
+def test_async_run_retrieves_from_the_second_iteration_with_library_staleness_bounded(ray_local, small_model_dir,
+                                                                                     tmp_path):
+    """eta = 2 used to admit three batches at once against the empty library of the start: nothing was ever
+    retrieved. With the library staleness bound (0), every batch after the first reads a non-empty tag."""
+    from skill1.async_trainer import library_fresh
+
+    _, metrics = _train(small_model_dir, tmp_path, "libfresh", "rollout.mode=async", "rollout.max_staleness=2",
+                        "algorithm.iterations=4", "rollout.max_library_staleness=0")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[0]["select/retrieval_rate"] == 0  # iteration 1 reads the empty library
+    for m in metrics[1:]:
+        assert m["select/retrieval_rate"] >= 0.9 and m["select/with_candidates"] > 0
+        assert m["async/library_staleness_max"] == 0
+    # the scripted policy writes one skill: it was retrieved, used and its utility moved off its start
+    assert metrics[-1]["library/skills_updated"] >= 1 and metrics[-1]["library/size"] >= 1
+    # the rule itself: a group may start while fewer than (L + 1) * B groups wait for a batch
+    assert library_fresh(0, 2, 0) and library_fresh(1, 2, 0) and not library_fresh(2, 2, 0)
+    assert library_fresh(5, 2, 2) and not library_fresh(6, 2, 2)
+
+
+def test_without_the_library_bound_early_batches_are_admitted_against_the_empty_library(ray_local,
+                                                                                      small_model_dir, tmp_path):
+    _, metrics = _train(small_model_dir, tmp_path, "libstale", "rollout.mode=async", "rollout.max_staleness=2",
+                        "algorithm.iterations=3", "rollout.max_library_staleness=2")
+    # all three batches fit the policy-staleness capacity at once: none of them saw a skill (the old failure)
+    assert [m["select/retrieval_rate"] for m in metrics] == [0, 0, 0]
+    assert max(m["async/library_staleness_max"] for m in metrics) >= 1

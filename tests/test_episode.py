@@ -5,6 +5,7 @@ import random
 import pytest
 
 from helpers import drive
+from skill1.agent import parsing
 from skill1.agent.episode import EpisodeSettings, Generate, Retrieve
 from skill1.algo.advantages import assign_credit
 from skill1.algo.batch import credit_inputs, episodes_to_samples
@@ -67,6 +68,21 @@ def test_garbage_policy_never_crashes(tokenizer):
     assert ep.draft is None and ep.draft_rejection is not None
     assert sum(ep.parse_errors.values()) >= 6  # 5 actions + the skill (+ query/rerank)
     assert ep.chosen_skill_id == "s0"  # unparseable choice falls back to the top-scored candidate
+
+
+def test_the_next_prompt_shows_what_an_invalid_action_tried(tokenizer):
+    tries = iter(["<think>x</think><action>fly to the moon</action>", "no tags at all\x1b[31m", "<think></think>"])
+
+    def policy(req):
+        return next(tries, "<think>ok</think><action>look</action>") if req.stage is Stage.ACT else "<query>q</query>"
+
+    ep, requests = drive(TASK, tokenizer, settings("env.max_steps=4", "env.history_length=1"), policy, CANDS)
+    acts = [tokenizer.decode(r.prompt_ids) for r in requests if getattr(r, "stage", None) is Stage.ACT]
+    assert "fly to the moon (invalid)" in acts[1] and "no tags at all" in acts[2] and "(invalid)" in acts[2]
+    assert "\x1b" not in acts[2] and "nothing (invalid)" in acts[3]  # no control characters; no text at all
+    assert ep.num_invalid_actions == 3
+    assert parsing.attempted_action("<action>go to a</action><action>b</action>") == "go to a"
+    assert parsing.attempted_action("x" * 100) == "x" * 60 and parsing.attempted_action("<think></think>") == "nothing"
 
 
 def test_invalid_choice_falls_back_and_is_recorded(tokenizer):

@@ -223,12 +223,12 @@ def test_admissible_lists_are_short_ordered_and_sensible():
         for result in random_walk(env, task(FAMILIES[i % 6], i), rng, 30):
             acts = result.admissible_actions
             w = env.world
-            # first: going to every receptacle whose contents were never visible, in the room's order
-            unsearched = [f"go to {r}" for r, rec in w.receptacles.items()
+            # `explore` first while a receptacle's contents were never visible; the rest sorted
+            unsearched = [r for r, rec in w.receptacles.items()
                           if r != w.at and rec.kind != "desklamp" and r not in w.searched]
-            assert acts[:len(unsearched)] == unsearched and list(w.receptacles) == sorted(w.receptacles)
-            rest = acts[len(unsearched):]
-            assert len(acts) == len(set(acts)) and rest == sorted(rest)
+            assert (acts[0] == "explore") == bool(unsearched)
+            rest = acts[1:] if unsearched else acts
+            assert len(acts) == len(set(acts)) and rest == sorted(rest) and "explore" not in rest
             lengths.append(len(acts))
             assert f"go to {w.at}" not in acts and {"look", "inventory"} <= set(acts)
             if w.holding is not None:
@@ -238,26 +238,28 @@ def test_admissible_lists_are_short_ordered_and_sensible():
     assert 6 <= sum(lengths) / len(lengths) <= 16 and max(lengths) <= 22
 
 
-def test_a_receptacle_counts_as_searched_once_its_contents_were_visible():
+def test_explore_walks_to_the_receptacles_not_visited_yet_in_the_rooms_order():
     for seed in range(200):
         world = generate_world(seed, "pick_heat_then_place")
         closed = [r for r in world.receptacles.values() if r.openable]
         open_ = [r for r in world.receptacles.values() if not r.openable and r.kind != "desklamp"]
         if closed and open_:
             break
-    env = HouseholdEnv()
-    first = env.reset(task("pick_heat_then_place", seed)).admissible_actions
+    env = HouseholdEnv(max_steps=50)
     names = [r for r, rec in world.receptacles.items() if rec.kind != "desklamp"]
-    assert first[:len(names)] == [f"go to {r}" for r in names]
-    env.step(f"go to {closed[0].name}")  # arriving at a closed one shows nothing
-    assert closed[0].name not in env.world.searched
-    after = env.step(f"open {closed[0].name}").admissible_actions
-    assert closed[0].name in env.world.searched and after[0] != f"go to {closed[0].name}"
-    env.step(f"go to {open_[0].name}")  # an open surface shows its contents on arrival
-    assert open_[0].name in env.world.searched
-    back = env.step(f"go to {closed[0].name}").admissible_actions
-    unsearched = [f"go to {r}" for r in names if r not in env.world.searched and r != closed[0].name]
-    assert back[:len(unsearched)] == unsearched and f"go to {open_[0].name}" in back[len(unsearched):]
+    assert env.reset(task("pick_heat_then_place", seed)).admissible_actions[0] == "explore"
+    assert env.step("explore").observation.startswith(f"You arrive at {names[0]}.")  # the room's first
+    assert names[0] in env.world.searched  # visited, open or not: opening it is the agent's business
+    env.step(f"go to {closed[0].name}")
+    env.step(f"go to {open_[0].name}")
+    assert {closed[0].name, open_[0].name} <= env.world.searched
+    # explore skips what was searched and where the agent stands, in the room's order, until none is left
+    seen = []
+    while (result := env.step("explore")).admissible_actions[0] == "explore":
+        seen.append(env.world.at)
+    seen.append(env.world.at)
+    expected = [r for r in names if r not in {names[0], closed[0].name, open_[0].name}]
+    assert seen == expected and "explore" not in result.admissible_actions
 
 
 def test_closed_receptacles_hide_their_contents():

@@ -126,7 +126,8 @@ def run_episode(
         observation = step.observation
         if action is None:
             num_invalid += 1
-            history.append((observation, "(invalid)"))
+            # what was tried, so that the next prompt differs and a policy can learn not to repeat it
+            history.append((observation, f"{parsing.attempted_action(seg.text)} (invalid)"))
             continue
         actions.append(action)
         step = yield Step(action)

@@ -73,6 +73,15 @@ def parse_action(text: str, admissible: Sequence[str]) -> tuple[str | None, str 
     return None, "inadmissible"
 
 
+def attempted_action(text: str, max_chars: int = 60) -> str:
+    """What an invalid acting output tried to do, for the history: the first `<action>` content, else the text
+    (one line, at most `max_chars`, no tags), else "nothing"."""
+    found = _tagged(text, "action")
+    raw = found[0] if found else re.sub(r"</?\w+>", " ", text)
+    raw = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", raw).split())[:max_chars]  # no control characters
+    return raw or "nothing"
+
+
 def parse_skill(text: str, max_chars: int) -> tuple[SkillDraft | None, str | None]:
     """Exactly one `<scenario>` and one `<strategy>`, both non-empty, within `max_chars` each."""
     scenarios, strategies = _tagged(text, "scenario"), _tagged(text, "strategy")

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 from skill1.types import Candidate
 
-PROMPT_VERSION = "v3"  # v2: the acting prompt opens with the environment, as verl-agent's; v3: compact builtin act
+# v2: the acting prompt opens with the environment, as verl-agent's; v3: compact builtin act; v4: the history
+# shows what an invalid action tried ("go to cabinet 1 (invalid)")
+PROMPT_VERSION = "v4"
 
 QUERY = (
     "Your task is to: {task}\n"

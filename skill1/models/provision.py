@@ -67,12 +67,13 @@ def ensure_policy(cfg: ModelConfig, force: bool = False, settings=None) -> str:
     report = {"tokenizer": cfg.tokenizer, "vocab": len(tokenizer), "hidden_size": cfg.hidden_size,
               "num_layers": cfg.num_layers, "warm_start_steps": cfg.warm_start_steps,
               "warm_start_lr": cfg.warm_start_lr, "warm_start_batch": cfg.warm_start_batch,
+              "warm_start_tasks": cfg.warm_start_tasks,
               "env_max_steps": settings.max_steps}
     model, tokenizer = load_policy(str(tmp))
     report["parameters"] = count_parameters(model)
     if cfg.warm_start_steps > 0:
         report.update(warm_start(model, tokenizer, settings, cfg.warm_start_steps, lr=cfg.warm_start_lr,
-                                 batch_size=cfg.warm_start_batch))
+                                 batch_size=cfg.warm_start_batch, num_tasks=cfg.warm_start_tasks))
         model.save_pretrained(str(tmp))
     (tmp / "skill1_provenance.json").write_text(json.dumps(report, indent=2))
     if path.exists():

@@ -32,6 +32,9 @@ class TinyModelSpec:
     num_kv_heads: int = 2
     intermediate_size: int = 768
     max_position_embeddings: int = 4096
+    # Qwen2.5 uses 1e6 for 32k contexts; over a few hundred tokens that leaves most RoPE dimensions nearly still,
+    # and a tiny policy must point at exact positions (copy an admissible action from its prompt)
+    rope_theta: float = 10000.0
     seed: int = 0
 
     @property
@@ -54,7 +57,7 @@ def tiny_config(spec: TinyModelSpec, vocab_size: int = VOCAB_SIZE, eos_id: int =
         max_position_embeddings=spec.max_position_embeddings,
         hidden_act="silu",
         rms_norm_eps=1e-6,
-        rope_theta=1000000.0,
+        rope_theta=spec.rope_theta,
         tie_word_embeddings=True,
         use_sliding_window=False,
         attention_dropout=0.0,

@@ -106,13 +106,26 @@ def _candidates(task: Task, rng: random.Random, k: int = 3) -> tuple[list[Candid
     return cands, order.index(0)
 
 
+def _mistake(env: HouseholdEnv, rng: random.Random) -> str:
+    """A plausible inadmissible action in the env's current state: what a tiny policy gets wrong."""
+    world, admissible = env.world, set(env._admissible)
+    here = world.at or "cabinet 1"
+    names = [f"{k} {i}" for k in sorted({r.kind for r in world.receptacles.values()}) for i in (1, 2, 3)]
+    options = [f"go to {here}", f"take {world.goal_kind} 1 from {here}", f"open {rng.choice(names)}",
+               f"go to {rng.choice(names)}", f"move {world.goal_kind} 1 to {rng.choice(names)}"]
+    wrong = [o for o in options if o not in admissible]
+    return rng.choice(wrong) if wrong else "go to the moon"
+
+
 def demonstrations(tasks: list[Task], tokenizer, settings: EpisodeSettings, seed: int = 0,
-                   with_library: float = 0.6, explore: float = 0.25) -> list[Demo]:
+                   with_library: float = 0.6, explore: float = 0.25, mistakes: float = 0.3) -> list[Demo]:
     """Run each task's episode with the searcher as oracle and record every generation as a demo.
 
     `with_library`: share of episodes that retrieve skills (the rest see an empty library, as iteration 1
     and a no-library run do); `explore`: share of unadvised episodes whose first visit is a random receptacle
-    kind, so the policy keeps some spread over where to look first (RL needs it to explore)."""
+    kind, so the policy keeps some spread over where to look first (RL needs it to explore); `mistakes`: chance
+    per acting step of an injected inadmissible action, not learned from, so that the demonstrations show
+    how to carry on after one (a greedy policy that cannot repeats its mistake until the episode ends)."""
     rng, env, eos = random.Random(seed), HouseholdEnv(max_steps=settings.max_steps), tokenizer.eos_token
     demos: list[Demo] = []
     for task in tasks:
@@ -123,10 +136,15 @@ def demonstrations(tasks: list[Task], tokenizer, settings: EpisodeSettings, seed
             first = rng.choice(sorted({r.kind for r in world.receptacles.values()}))
         plan = iter(search_actions(task, first, limit=settings.max_steps).actions)
         taken: list[str] = []
+        wrong: list[bool] = []  # per generation: an injected mistake (answered, not recorded)
 
         def act() -> str:
+            if taken and rng.random() < mistakes:
+                wrong.append(True)
+                return f"<think>ok</think><action>{_mistake(env, rng)}</action>"
             action = next(plan, "look")  # the searcher's plan fits max_steps; this only guards a short one
             taken.append(action)
+            wrong.append(False)
             return f"<think>ok</think><action>{action}</action>"
 
         def distill() -> str:
@@ -145,7 +163,8 @@ def demonstrations(tasks: list[Task], tokenizer, settings: EpisodeSettings, seed
             if isinstance(request, Generate):
                 text = oracle[request.stage]()
                 ids = tokenizer.encode(text + eos, add_special_tokens=False)
-                demos.append(Demo(request.stage, request.prompt_ids, ids))
+                if not (request.stage is Stage.ACT and wrong[-1]):
+                    demos.append(Demo(request.stage, request.prompt_ids, ids))
                 result = Generated(ids, [0.0] * len(ids), text)
             elif isinstance(request, Retrieve):
                 result = cands

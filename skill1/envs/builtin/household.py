@@ -42,13 +42,19 @@ def _room(world: World) -> str:
     return f"You are in the middle of a room. Looking quickly around you, you see {_listing(list(world.receptacles))}."
 
 
+EXPLORE = "explore"
+
+
+def _next_unsearched(world: World) -> str | None:
+    return next((r for r in world.unsearched() if r != world.at), None)
+
+
 def _admissible(world: World) -> list[str]:
-    """Going to a receptacle not searched yet comes first (in the room's order), the rest sorted: the
-    built-in env keeps track of where the agent has looked, so what it tests is knowing where to look
-    (where object kinds tend to be), not remembering where it has been."""
-    first = [f"go to {r}" for r in world.unsearched() if r != world.at]
-    acts = [f"go to {r}" for r in world.receptacles if r != world.at and f"go to {r}" not in first]
-    acts += ["look", "inventory"]
+    """Sorted, with `explore` first while some receptacle is unvisited: it walks to the next one not visited
+    yet, in the room's listing order. The built-in env keeps track of where the agent has looked, so what it
+    tests is knowing where to look (where object kinds tend to be), not remembering where it has been."""
+    first = [EXPLORE] if _next_unsearched(world) else []
+    acts = [f"go to {r}" for r in world.receptacles if r != world.at] + ["look", "inventory"]
     if world.at is not None:
         rec = world.receptacles[world.at]
         acts.append(f"examine {rec.name}")
@@ -91,6 +97,8 @@ def _won(world: World) -> bool:
 
 def _apply(world: World, action: str) -> str:
     """Carry out an admissible action; returns the observation."""
+    if action == EXPLORE:
+        action = f"go to {_next_unsearched(world)}"
     if action == "look":
         if world.at is None:
             return _room(world)
@@ -100,15 +108,12 @@ def _apply(world: World, action: str) -> str:
     verb, _, rest = action.partition(" ")
     if verb == "go":
         world.at = rest.removeprefix("to ")
-        if world.receptacles[world.at].visible:
-            world.searched.add(world.at)
+        world.searched.add(world.at)  # visited: explore moves on (a closed one is the agent's to open)
         return f"You arrive at {world.at}. {_describe(world, world.at)}"
     if verb == "examine":
         return _describe(world, rest)
     if verb in ("open", "close"):
         world.receptacles[rest].is_open = verb == "open"
-        if verb == "open":
-            world.searched.add(rest)
         return f"You open the {rest}. {_describe(world, rest)}" if verb == "open" else f"You close the {rest}."
     if verb == "use":
         world.lamp_on = not world.lamp_on

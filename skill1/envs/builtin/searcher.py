@@ -3,7 +3,8 @@
 The expert in `household.py` plans with the hidden world in view, so a policy that imitates it is asked to
 guess locations it cannot see. The searcher acts only on what it has seen: it visits receptacles in the
 order they are listed in the room (alphabetical), opening closed ones, until the goal object shows up, then
-carries out the family's procedure. Given a piece of advice ("look for the egg in the fridge first", the
+carries out the family's procedure (`explore`, the env's walk to the next receptacle not searched yet,
+where that is the next stop). Given a piece of advice ("look for the egg in the fridge first", the
 kind of thing a written skill carries), it searches receptacles of the advised kind first.
 
 Searching in listed order wastes steps that knowledge of where object kinds tend to live (world.PRIORS)
@@ -43,14 +44,20 @@ def search_actions(task: Task, first_kind: str | None = None, limit: int = 50) -
     acts: list[str] = []
     at: str | None = None
     opened: set[str] = set()
+    searched = {n for n, r in world.receptacles.items() if r.kind == DESKLAMP}  # as the env counts them
     seen: dict[str, str] = {}  # goal object -> receptacle it was seen in
     found_kind: str | None = None
 
     def go(rec: str) -> None:
         nonlocal at
         if at != rec:
-            acts.append(f"go to {rec}")
+            # the env's `explore` walks to the first receptacle not searched yet: use it when that is where to go
+            nxt = next((r for r in world.receptacles if r not in searched and r != at), None)
+            # advice is followed by name, so that a policy learns to read the kind off the skill
+            advised = first_kind is not None and world.receptacles[rec].kind == first_kind
+            acts.append("explore" if rec == nxt and not advised else f"go to {rec}")
             at = rec
+            searched.add(rec)
         if world.receptacles[rec].openable and rec not in opened:
             acts.append(f"open {rec}")
             opened.add(rec)

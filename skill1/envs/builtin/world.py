@@ -119,13 +119,13 @@ class World:
     at: str | None = None  # None: the middle of the room
     holding: str | None = None
     lamp_on: bool = False
-    searched: set[str] = field(default_factory=set)  # receptacles whose contents the agent has seen
+    searched: set[str] = field(default_factory=set)  # receptacles the agent has visited (explore skips them)
 
     def __post_init__(self) -> None:
         self.searched |= set(self.of_kind(DESKLAMP))  # a lamp holds nothing: there is nothing to search
 
     def unsearched(self) -> list[str]:
-        """Receptacles not looked into yet, in the room's listing order."""
+        """Receptacles not visited yet, in the room's listing order."""
         return [n for n in self.receptacles if n not in self.searched]
 
     def of_kind(self, kind: str) -> list[str]:
