@@ -45,12 +45,12 @@ class ModelConfig:
     # The tiny local policy, built only when model.path holds no model (see README "The tiny policy"):
     tokenizer: str = "env_bpe"  # env_bpe: byte-level BPE trained on the built-in env's text | qwen2.5 (152k)
     vocab_size: int = 1024  # env_bpe's vocabulary
-    hidden_size: int = 256
+    hidden_size: int = 128
     num_layers: int = 4
-    warm_start_steps: int = 700  # SFT steps on searcher demonstrations (0: a random policy)
-    warm_start_lr: float = 2.0e-3
-    warm_start_batch: int = 32
-    warm_start_tasks: int = 3000  # distinct tasks the demonstrations come from (more: less memorising)
+    warm_start_steps: int = 800  # SFT steps on searcher demonstrations (0: a random policy)
+    warm_start_lr: float = 1.0e-2
+    warm_start_batch: int = 16
+    warm_start_tasks: int = 1500  # distinct tasks the demonstrations come from
 
     def validate(self) -> None:
         _one_of(self.dtype, "model.dtype", ("float32", "bfloat16"))

@@ -330,7 +330,8 @@ def train(cfg: Skill1Config, resume: bool = False) -> TrainResult:
         cfg.check_run_dir_free()
         shutil.rmtree(run_dir, ignore_errors=True)  # only reached when empty or overwrite=true
         run_dir.mkdir(parents=True)
-        model_path = ensure_policy(cfg.model)
+        # a first-time tiny policy learns from demonstrations played with this run's episode settings
+        model_path = ensure_policy(cfg.model, settings=EpisodeSettings.from_config(cfg, training=True))
     save_config(cfg, run_dir / "config.yaml")
     # Ray and wandb spawn their processes before LanceDB is imported (forking after it is unsafe)
     init_ray(cfg)

@@ -25,7 +25,8 @@ from collections.abc import Iterable, Iterator
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from skill1.models.tokenizer import EOS_TOKEN, MODEL_MAX_LENGTH, PAD_TOKEN, QWEN2_PATTERN, QWEN25_ADDED_TOKENS
+from skill1.models.tokenizer import (EOS_TOKEN, MODEL_MAX_LENGTH, PAD_TOKEN, QWEN2_PATTERN, QWEN25_ADDED_TOKENS,
+                                    build_chat_template)
 
 NUM_BYTE_SYMBOLS = 256  # the byte-level alphabet: every byte is a token of its own
 MIN_VOCAB_SIZE = len(QWEN25_ADDED_TOKENS) + NUM_BYTE_SYMBOLS  # 278: added tokens and bytes, no merges
@@ -34,40 +35,6 @@ MIN_VOCAB_SIZE = len(QWEN25_ADDED_TOKENS) + NUM_BYTE_SYMBOLS  # 278: added token
 # would learn merges such as "<|im" and "_start|>"), so each corpus string is cut at them first, which
 # is also what encoding does.
 _ADDED_TOKEN_RE = re.compile("|".join(re.escape(tok) for tok, _ in QWEN25_ADDED_TOKENS))
-
-
-def _jinja_escape(text: str) -> str:
-    """`text` escaped for the inside of a single-quoted Jinja string literal (unescaped like Python's)."""
-    return (text.replace("\\", "\\\\").replace("'", "\\'")
-            .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t"))
-
-
-def build_chat_template(system_prompt: str | None) -> str:
-    """ChatML as Qwen2.5 renders it, with `system_prompt` as the default system message.
-
-    A leading system message is rendered as given; without one the template renders `system_prompt`,
-    or no system block at all when it is None. With `system_prompt` = Qwen2.5's default this is,
-    character for character, `skill1.models.tokenizer.CHAT_TEMPLATE`.
-    """
-    if system_prompt is None:
-        default = "{%- set loop_messages = messages %}"
-    else:
-        default = ("{{- '<|im_start|>system\\n" + _jinja_escape(system_prompt) + "<|im_end|>\\n' }}"
-                   "{%- set loop_messages = messages %}")
-    return (
-        "{%- if messages[0]['role'] == 'system' %}"
-        "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-        "{%- set loop_messages = messages[1:] %}"
-        "{%- else %}"
-        + default +
-        "{%- endif %}"
-        "{%- for message in loop_messages %}"
-        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-        "{%- endfor %}"
-        "{%- if add_generation_prompt %}"
-        "{{- '<|im_start|>assistant\\n' }}"
-        "{%- endif %}"
-    )
 
 
 def _pieces(corpus: Iterable[str]) -> Iterator[str]:

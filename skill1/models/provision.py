@@ -21,10 +21,8 @@ TOKENIZER_CORPUS_TASKS = 200
 
 def env_corpus(settings, num_tasks: int = TOKENIZER_CORPUS_TASKS) -> list[str]:
     """The text of demonstrations (prompts and responses, chat markup included) the env tokenizer learns from."""
-    from skill1.models.tokenizer import build_qwen_tokenizer
+    from skill1.models.tokenizer import build_chat_template, build_qwen_tokenizer
     from skill1.models.warm_start import demo_tasks, demonstrations
-
-    from skill1.models.env_tokenizer import build_chat_template
 
     qwen = build_qwen_tokenizer()  # any exact tokenizer renders the text; Qwen's is at hand
     qwen.chat_template = build_chat_template(None)  # as the env tokenizer renders chats: no system block

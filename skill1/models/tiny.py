@@ -26,11 +26,11 @@ PAD_TOKEN_ID = SPECIAL_TOKEN_IDS[PAD_TOKEN]  # 151643 <|endoftext|>
 
 @dataclass
 class TinyModelSpec:
-    hidden_size: int = 256
+    hidden_size: int = 128
     num_layers: int = 4
-    num_heads: int = 4  # head_dim = hidden_size / num_heads = 64 (vLLM's CPU backend needs 64)
-    num_kv_heads: int = 2
-    intermediate_size: int = 768
+    num_heads: int = 2  # head_dim = hidden_size / num_heads = 64 (vLLM's CPU backend needs 64)
+    num_kv_heads: int = 1
+    intermediate_size: int = 384
     max_position_embeddings: int = 4096
     # Qwen2.5 uses 1e6 for 32k contexts; over a few hundred tokens that leaves most RoPE dimensions nearly still,
     # and a tiny policy must point at exact positions (copy an admissible action from its prompt)

@@ -63,22 +63,42 @@ MODEL_MAX_LENGTH = 32768
 # Qwen2.5-Instruct's default system prompt, used when the conversation has no system message.
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
+def _jinja_escape(text: str) -> str:
+    """`text` escaped for the inside of a single-quoted Jinja string literal (unescaped like Python's)."""
+    return (text.replace("\\", "\\\\").replace("'", "\\'")
+            .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t"))
+
+
+def build_chat_template(system_prompt: str | None) -> str:
+    """ChatML as Qwen2.5 renders it, with `system_prompt` as the default system message.
+
+    A leading system message is rendered as given; without one the template renders `system_prompt`,
+    or no system block at all when it is None. With `system_prompt` = Qwen2.5's default this is,
+    character for character, `CHAT_TEMPLATE`.
+    """
+    if system_prompt is None:
+        default = "{%- set loop_messages = messages %}"
+    else:
+        default = ("{{- '<|im_start|>system\\n" + _jinja_escape(system_prompt) + "<|im_end|>\\n' }}"
+                   "{%- set loop_messages = messages %}")
+    return (
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+        "{%- set loop_messages = messages[1:] %}"
+        "{%- else %}"
+        + default +
+        "{%- endif %}"
+        "{%- for message in loop_messages %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}"
+        "{{- '<|im_start|>assistant\\n' }}"
+        "{%- endif %}"
+    )
+
+
 # ChatML as Qwen2.5 renders it (its template without the tool-calling branches).
-CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- set loop_messages = messages[1:] %}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
-    "{%- set loop_messages = messages %}"
-    "{%- endif %}"
-    "{%- for message in loop_messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- endif %}"
-)
+CHAT_TEMPLATE = build_chat_template(DEFAULT_SYSTEM_PROMPT)
 
 
 def qwen_tiktoken_path() -> Path:
