@@ -75,7 +75,8 @@ def eval_request(cfg: Skill1Config, tasks: list[Task], library_version: int | No
 def eval_settings(cfg: Skill1Config) -> dict:
     """What the draws depend on besides checkpoint, library and tasks: recorded in the report."""
     r = cfg.rollout
-    return {"temperature": r.eval_temperature, "top_p": EVAL_TOP_P, "seed": cfg.algorithm.seed, "eval_seed": cfg.env.eval_seed,
+    return {"temperature": r.eval_temperature, "top_p": EVAL_TOP_P, "seed": cfg.algorithm.seed,
+            "eval_seed": cfg.env.eval_seed,
             "backend": r.backend, "dtype": cfg.model.dtype, "torch_threads": r.torch_threads,
             "num_samplers": r.num_samplers}
 

@@ -45,7 +45,8 @@ def test_evaluating_a_checkpoint_twice_gives_the_same_episodes(small_model_dir, 
     assert [_trace(e) for e in seen[0]] == [_trace(e) for e in seen[1]]
     assert [e.episode_id for e in seen[0]] == [e.episode_id for e in seen[1]]
     assert first == second
-    assert first["settings"] == {"temperature": 1.0, "top_p": 1.0, "seed": 0, "backend": "hf", "dtype": cfg.model.dtype,
+    assert first["settings"] == {"temperature": 1.0, "top_p": 1.0, "seed": 0, "eval_seed": 0, "backend": "hf",
+                                 "dtype": cfg.model.dtype,
                                  "torch_threads": cfg.rollout.torch_threads, "num_samplers": 1}
     assert json.loads((cfg.run_dir / "eval.json").read_text()) == second
 
