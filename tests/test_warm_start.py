@@ -19,7 +19,7 @@ from skill1.agent.episode import EpisodeSettings
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.envs.builtin.searcher import search_actions, search_order
 from skill1.envs.builtin.world import PRIORS, generate_world
-from skill1.models.warm_start import (_candidates, advised_kind, demonstrations, found_kind_of, gist, write_skill)
+from skill1.models.warm_start import (demo_candidates, advised_kind, demonstrations, found_kind_of, gist, write_skill)
 from skill1.types import Stage
 
 SETTINGS = EpisodeSettings(use_library=True, enable_query_generation=True, enable_rerank=True,
@@ -90,7 +90,7 @@ def test_skills_round_trip_through_their_text():
 def test_demo_candidates_offer_one_skill_for_the_task_object():
     rng = random.Random(0)
     for task in TASKS[:40]:
-        cands, right = _candidates(task, rng)
+        cands, right = demo_candidates(task, rng)
         obj = generate_world(task.payload["seed"], task.family).goal_kind
         assert len(cands) == 3 and cands[right].scenario == gist(task.family, obj)
         assert advised_kind(cands[right].strategy) in PRIORS[obj]

@@ -10,7 +10,7 @@ from collections import defaultdict
 from skill1.agent.episode import EpisodeSettings
 from skill1.agent.local_rollout import run_local
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
-from skill1.models.warm_start import _candidates
+from skill1.models.warm_start import demo_candidates
 from skill1.rollout.sampler import HFSampler
 from skill1.types import Episode
 
@@ -31,7 +31,7 @@ def measure(model_dir: str, settings: EpisodeSettings, num_tasks: int = 60, seed
     sampler = HFSampler(model_dir, device="cpu", seed=seed)
     tasks = HouseholdTaskSource().sample("eval", num_tasks, seed=seed)
     rng = random.Random(seed)
-    offered = {t.task_id: (_candidates(t, rng)[0] if i % 2 else []) for i, t in enumerate(tasks)}
+    offered = {t.task_id: (demo_candidates(t, rng)[0] if i % 2 else []) for i, t in enumerate(tasks)}
     episodes = run_local(tasks, sampler.tokenizer, sampler, settings, lambda: HouseholdEnv(settings.max_steps),
                          retrieve=lambda task, query: offered[task.task_id])
     return competence(episodes)

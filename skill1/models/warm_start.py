@@ -88,7 +88,7 @@ class Demo:
     response_ids: list[int]
 
 
-def _candidates(task: Task, rng: random.Random, k: int = 3) -> tuple[list[Candidate], int]:
+def demo_candidates(task: Task, rng: random.Random, k: int = 3) -> tuple[list[Candidate], int]:
     """k skills as a library would offer them: one written for the task's object (advice drawn from where
     that object kind tends to be), the others for other objects; returns them and the right one's index."""
     world = generate_world(int(task.payload["seed"]), task.family)
@@ -130,7 +130,7 @@ def demonstrations(tasks: list[Task], tokenizer, settings: EpisodeSettings, seed
     demos: list[Demo] = []
     for task in tasks:
         world = generate_world(int(task.payload["seed"]), task.family)
-        cands, right = _candidates(task, rng) if rng.random() < with_library else ([], 0)
+        cands, right = demo_candidates(task, rng) if rng.random() < with_library else ([], 0)
         first = advised_kind(cands[right].strategy) if cands else None
         if first is None and rng.random() < explore:
             first = rng.choice(sorted({r.kind for r in world.receptacles.values()}))
