@@ -88,7 +88,10 @@ def summarize_run(run: Path, preset: str, seed: int, wall_s: float) -> dict:
 def run_one(out: Path, preset: str, seed: int, overrides: list[str]) -> dict:
     result_file = out / "results" / f"{preset}-s{seed}.json"
     if result_file.exists():
-        return json.loads(result_file.read_text())
+        kept = json.loads(result_file.read_text())
+        if kept.get("overrides") == overrides:
+            return kept
+        print(f"{result_file.name} was run with {kept.get('overrides')}, not {overrides}: running it again")
     name = f"{preset}-s{seed}"
     run = out / "runs" / name
     cmd = [sys.executable, "-m", "skill1.cli", "train", "--config", str(CONFIG), f"output_dir={out / 'runs'}",
@@ -104,6 +107,7 @@ def run_one(out: Path, preset: str, seed: int, overrides: list[str]) -> dict:
     if rc != 0:
         raise SystemExit(f"{name}: skill1 train exited {rc}; see {log}")
     summary = summarize_run(run, preset, seed, time.perf_counter() - t0)
+    summary["overrides"] = overrides  # a resumed study reuses a result only if it had the same budget
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(summary, indent=1))
     print(f"[{time.strftime('%H:%M:%S')}] {name}: held-out success "
@@ -174,8 +178,11 @@ def main() -> None:
     p.add_argument("--presets", nargs="*", default=ORDER, choices=ORDER)
     p.add_argument("--seeds", type=int, help="seeds per preset (default: 3 for skill1/grpo/no_library, 2 else)")
     p.add_argument("--report", action="store_true", help="only print the report from the results present")
+    p.add_argument("--iterations", type=int, default=20,
+                   help="iterations per run (13 runs of 20 fit in ~90 min on 2 cores; cpu_study.yaml alone runs 40)")
     p.add_argument("overrides", nargs="*", help="config overrides for every run (the same budget for all)")
     args = p.parse_args()
+    args.overrides = [f"algorithm.iterations={args.iterations}", *args.overrides]
     out = Path(args.out)
     plan = [(preset, seed) for seed in range(max(PLAN.values()) if args.seeds is None else args.seeds)
             for preset in args.presets if args.seeds is not None or seed < PLAN[preset]]

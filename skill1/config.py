@@ -47,22 +47,33 @@ class ModelConfig:
     vocab_size: int = 1024  # env_bpe's vocabulary
     hidden_size: int = 128
     num_layers: int = 4
-    warm_start_steps: int = 800  # SFT steps on searcher demonstrations (0: a random policy)
+    # 64 is what vLLM's CPU attention takes; 32 gives a 128-wide body 4 heads, which copy an admissible action
+    # out of the prompt sooner than 2 (README "The tiny policy"). Key/value heads: half the heads.
+    head_dim: int = 32
+    warm_start_steps: int = 1600  # SFT steps on searcher demonstrations (0: a random policy)
     warm_start_lr: float = 1.0e-2
     warm_start_batch: int = 16
     warm_start_tasks: int = 1500  # distinct tasks the demonstrations come from
+    # then one DAgger round: the policy plays new tasks beside the searcher, and learns to recover from its own
+    # invalid actions (0 steps: none)
+    warm_start_dagger_steps: int = 0
+    warm_start_dagger_tasks: int = 400
 
     def validate(self) -> None:
         _one_of(self.dtype, "model.dtype", ("float32", "bfloat16"))
         _one_of(self.tokenizer, "model.tokenizer", ("env_bpe", "qwen2.5"))
         _check(300 <= self.vocab_size <= 65536, "model.vocab_size", f"must be in [300, 65536], got {self.vocab_size}")
-        _check(self.hidden_size >= 64 and self.hidden_size % 64 == 0, "model.hidden_size",
-               f"must be a multiple of 64 (head_dim 64), got {self.hidden_size}")
+        _one_of(self.head_dim, "model.head_dim", (32, 64, 128))
+        _check(self.hidden_size >= 64 and self.hidden_size % 64 == 0 and self.hidden_size % self.head_dim == 0,
+               "model.hidden_size", f"must be a multiple of 64 and of model.head_dim ({self.head_dim}), "
+               f"got {self.hidden_size}")
         _check(1 <= self.num_layers <= 48, "model.num_layers", f"must be in [1, 48], got {self.num_layers}")
         _check(self.warm_start_steps >= 0, "model.warm_start_steps", "must be >= 0")
         _check(0 < self.warm_start_lr < 1, "model.warm_start_lr", f"must be in (0, 1), got {self.warm_start_lr}")
         _check(self.warm_start_batch >= 1, "model.warm_start_batch", "must be >= 1")
         _check(self.warm_start_tasks >= 1, "model.warm_start_tasks", "must be >= 1")
+        _check(self.warm_start_dagger_steps >= 0, "model.warm_start_dagger_steps", "must be >= 0")
+        _check(self.warm_start_dagger_tasks >= 1, "model.warm_start_dagger_tasks", "must be >= 1")
 
 
 @dataclass

@@ -126,6 +126,106 @@ def test_every_demonstration_parses_with_the_real_parsers(env_tokenizer):
             assert why is None, (text, admissible)
 
 
+def test_recovery_demos_follow_the_kind_of_mistake_a_tiny_policy_makes(env_tokenizer):
+    """An injected mistake is inadmissible, never a target, and is answered by the searcher's action; most are
+    near misses of that very action (a wrong number) or visits to a kind the room lacks, the errors a greedy
+    tiny policy repeats when it has never seen how to recover from them."""
+    tok = env_tokenizer
+    demos = demonstrations(TASKS[:90], tok, SETTINGS, seed=1, mistakes=0.5)
+    recoveries = near = absent = 0
+    for d in demos:
+        if d.stage is not Stage.ACT:
+            continue
+        prompt = tok.decode(d.prompt_ids)
+        last = re.findall(r"Did: (.*?)\n", prompt)
+        if not last or not last[-1].endswith(" (invalid)"):
+            continue
+        tried = last[-1].removesuffix(" (invalid)")
+        listed = re.findall(r"'(.*?)'(?:, |$)", re.search(r"\nActions: \[(.*)\]\.", prompt).group(1))
+        target = parsing.parse_action(tok.decode(d.response_ids, skip_special_tokens=True), listed)[0]
+        assert tried not in listed and target in listed and target != tried
+        recoveries += 1
+        near += re.sub(r"\d+", "#", tried) == re.sub(r"\d+", "#", target)
+        # every receptacle the agent can reach or sees (now, or before an invalid action's "Nothing happens.")
+        seen = " ".join([*listed, re.search(r"Now: (.*)", prompt)[1], *re.findall(r"Before: (.*?) Did:", prompt)])
+        absent += tried.startswith("go to ") and tried.split()[2] not in seen
+    assert recoveries >= 100
+    assert near / recoveries > 0.25 and absent / recoveries > 0.05, (near, absent, recoveries)
+
+
+def test_the_demonstrations_think_what_they_are_after(env_tokenizer):
+    """The think names the object until it is taken, then the appliance until it is used, then the target:
+    each acting target's think is the kind its action is about."""
+    tok = env_tokenizer
+    checked = 0
+    for d in demonstrations(TASKS[:90], tok, SETTINGS, seed=4, mistakes=0.0):
+        if d.stage is not Stage.ACT:
+            continue
+        think, action = re.fullmatch(r"<think>(\w+)</think><action>(.*)</action>",
+                                     tok.decode(d.response_ids, skip_special_tokens=True)).groups()
+        verb, *rest = action.split()
+        if verb == "take":
+            assert think == rest[0], action  # take <obj> N from ...: the object sought
+        elif verb in ("clean", "heat", "cool"):
+            assert think == rest[3], action  # clean <obj> N with <appliance> M
+        elif verb == "move":
+            assert think == rest[3], action  # move <obj> N to <target> M
+        elif verb == "use":
+            assert think == "desklamp", action
+        else:
+            continue
+        checked += 1
+    assert checked >= 100
+
+
+class _Stub:
+    """A policy that always answers the same acting text (batched like a sampler)."""
+
+    def __init__(self, text):
+        self.text, self.calls = text, 0
+
+    def generate(self, prompts, params, seeds=None):
+        from skill1.agent.episode import Generated
+
+        self.calls += 1
+        return [Generated([], [], self.text) for _ in prompts]
+
+
+def test_dagger_plays_the_policys_invalid_actions_and_teaches_the_searchers_next_one(env_tokenizer):
+    tok = env_tokenizer
+    plain = demonstrations(TASKS[:12], tok, SETTINGS, seed=2, mistakes=0.0)
+    stuck = _Stub("<think>ok</think><action>go to the moon</action>")
+    own = demonstrations(TASKS[:12], tok, SETTINGS, seed=2, mistakes=0.0, policy=stuck, batch_size=5)
+    assert stuck.calls >= 12 * SETTINGS.max_steps / 5  # in lockstep, five episodes a call
+    acts = [d for d in own if d.stage is Stage.ACT]
+    # every acting prompt is answered by the searcher; the policy's invalid attempt is what was played, so
+    # after an episode's first step each prompt shows it, and the searcher's first action stays the answer
+    assert len(acts) == 12 * SETTINGS.max_steps
+    later = [tok.decode(d.prompt_ids) for d in acts if "Before:" in tok.decode(d.prompt_ids)]
+    assert len(later) == 12 * (SETTINGS.max_steps - 1)
+    assert all("Did: go to the moon (invalid)" in p for p in later)
+    firsts = {tok.decode(d.response_ids) for d in plain if d.stage is Stage.ACT and "Before:" not in tok.decode(d.prompt_ids)}
+    assert {tok.decode(d.response_ids) for d in acts} == firsts
+    # a policy whose actions parse changes nothing: the searcher's demonstrations, byte for byte
+    fine = _Stub("<think>ok</think><action>look</action>")
+    same = demonstrations(TASKS[:12], tok, SETTINGS, seed=2, mistakes=0.0, policy=fine)
+    key = lambda d: (d.prompt_ids, d.response_ids)  # noqa: E731
+    assert sorted(map(key, same)) == sorted(map(key, plain))
+
+
+def test_head_dim_sets_the_number_of_heads(tmp_path):
+    from skill1.config import ModelConfig
+    from skill1.models.provision import ensure_policy
+    from skill1.models.tiny import load_policy
+
+    cfg = ModelConfig(path=str(tmp_path / "tiny"), hidden_size=128, num_layers=1, head_dim=32, warm_start_steps=0,
+                      tokenizer="qwen2.5")
+    model, _ = load_policy(ensure_policy(cfg, settings=SETTINGS))
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)
+    with pytest.raises(ValueError, match="model.head_dim"):
+        ModelConfig(head_dim=48).validate()
+
+
 def test_the_tiny_policy_with_the_env_tokenizer_loads_through_from_pretrained(tmp_path, env_tokenizer):
     from transformers import AutoTokenizer
 
@@ -134,11 +234,13 @@ def test_the_tiny_policy_with_the_env_tokenizer_loads_through_from_pretrained(tm
     from skill1.models.tiny import load_policy
 
     cfg = ModelConfig(path=str(tmp_path / "tiny"), hidden_size=64, num_layers=1, warm_start_steps=3,
-                      warm_start_batch=4)
+                      warm_start_batch=4, warm_start_dagger_steps=2, warm_start_dagger_tasks=3)
     path = ensure_policy(cfg, settings=SETTINGS)
     model, tok = load_policy(path)
     prov = json.loads((Path(path) / "skill1_provenance.json").read_text())
     assert prov["tokenizer"] == "env_bpe" and prov["warm_start_steps"] == 3 and prov["env_max_steps"] == 8
+    # the DAgger round ran with the real sampler: a random policy's every action is invalid and recovered from
+    assert prov["dagger_demos"] > 0 and prov["dagger_recoveries"] > 0
     assert model.config.vocab_size == len(tok) == prov["vocab"] < 1100
     assert (model.config.eos_token_id, model.config.pad_token_id) == (tok.eos_token_id, tok.pad_token_id) == (2, 0)
     assert model.generation_config.eos_token_id == [2, 0]

@@ -15,6 +15,15 @@ from skill1.rollout.sampler import SamplingParams
 from skill1.types import Candidate, Episode, Task
 
 
+def answer(request: Retrieve | Reset | Step, env, retrieve: Callable[[str], list[Candidate]]):
+    """What an episode's non-generation request gets back in-process: candidates, or the env's reply."""
+    if isinstance(request, Retrieve):
+        return retrieve(request.query)
+    if isinstance(request, Reset):
+        return env.reset(request.task)
+    return env.step(request.action)
+
+
 def run_local(tasks: list[Task], tokenizer, sampler, settings: EpisodeSettings, make_env: Callable[[], object],
               retrieve: Callable[[Task, str], list[Candidate]] = lambda task, query: [],
               temperature: float = 0.0, seed: int = 0) -> list[Episode]:
@@ -28,12 +37,7 @@ def run_local(tasks: list[Task], tokenizer, sampler, settings: EpisodeSettings, 
         # answer every non-generation request at once, then batch the generations per stage
         for i, (gen, env, req) in list(live.items()):
             while not isinstance(req, Generate):
-                if isinstance(req, Retrieve):
-                    result = retrieve(tasks[i], req.query)
-                elif isinstance(req, Reset):
-                    result = env.reset(req.task)
-                elif isinstance(req, Step):
-                    result = env.step(req.action)
+                result = answer(req, env, lambda query, task=tasks[i]: retrieve(task, query))
                 try:
                     req = gen.send(result)
                 except StopIteration as stop:

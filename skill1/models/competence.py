@@ -12,16 +12,24 @@ from skill1.agent.local_rollout import run_local
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.models.warm_start import demo_candidates
 from skill1.rollout.sampler import HFSampler
-from skill1.types import Episode
+from skill1.types import Episode, Stage
 
 
 def competence(episodes: list[Episode]) -> dict[str, float]:
-    """Valid share per stage, success rate and episode count (pure)."""
+    """Valid share per stage, success rate and episode count, and how many invalid actions repeat the
+    previous acting output word for word (a greedy policy stuck on its own mistake) (pure)."""
     valid: dict[str, list[float]] = defaultdict(list)
+    repeats = 0
     for e in episodes:
+        previous = None
         for s in e.segments:
             valid[s.stage.value].append(float(s.valid))
+            if s.stage is Stage.ACT:
+                repeats += not s.valid and s.text == previous
+                previous = s.text
     out = {f"{stage}/valid_rate": sum(v) / len(v) for stage, v in sorted(valid.items())}
+    invalid = sum(1 - v for v in valid.get(Stage.ACT.value, []))
+    out["act/invalid_first"], out["act/invalid_repeated"] = float(invalid - repeats), float(repeats)
     out["success"] = sum(e.success for e in episodes) / max(1, len(episodes))
     out["episodes"] = float(len(episodes))
     return out

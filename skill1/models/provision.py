@@ -58,20 +58,23 @@ def ensure_policy(cfg: ModelConfig, force: bool = False, settings=None) -> str:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    spec = TinyModelSpec(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.hidden_size // 64,
-                         num_kv_heads=max(1, cfg.hidden_size // 128), intermediate_size=3 * cfg.hidden_size)
+    heads = cfg.hidden_size // cfg.head_dim
+    spec = TinyModelSpec(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=heads,
+                         num_kv_heads=max(1, heads // 2), intermediate_size=3 * cfg.hidden_size)
     tokenizer = build_tokenizer(cfg, settings)
     init_tiny_model(str(tmp), spec, tokenizer)
     report = {"tokenizer": cfg.tokenizer, "vocab": len(tokenizer), "hidden_size": cfg.hidden_size,
-              "num_layers": cfg.num_layers, "warm_start_steps": cfg.warm_start_steps,
+              "num_layers": cfg.num_layers, "head_dim": cfg.head_dim, "warm_start_steps": cfg.warm_start_steps,
               "warm_start_lr": cfg.warm_start_lr, "warm_start_batch": cfg.warm_start_batch,
-              "warm_start_tasks": cfg.warm_start_tasks,
+              "warm_start_tasks": cfg.warm_start_tasks, "warm_start_dagger_steps": cfg.warm_start_dagger_steps,
+              "warm_start_dagger_tasks": cfg.warm_start_dagger_tasks,
               "env_max_steps": settings.max_steps}
     model, tokenizer = load_policy(str(tmp))
     report["parameters"] = count_parameters(model)
     if cfg.warm_start_steps > 0:
         report.update(warm_start(model, tokenizer, settings, cfg.warm_start_steps, lr=cfg.warm_start_lr,
-                                 batch_size=cfg.warm_start_batch, num_tasks=cfg.warm_start_tasks))
+                                 batch_size=cfg.warm_start_batch, num_tasks=cfg.warm_start_tasks,
+                                 dagger_steps=cfg.warm_start_dagger_steps, dagger_tasks=cfg.warm_start_dagger_tasks))
         model.save_pretrained(str(tmp))
     (tmp / "skill1_provenance.json").write_text(json.dumps(report, indent=2))
     if path.exists():

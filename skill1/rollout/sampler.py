@@ -76,9 +76,11 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
 class HFSampler:
     """transformers backend: left-padded batches, KV cache, log-probs recorded as tokens are drawn."""
 
-    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", seed: int = 0,
-                 max_batch_size: int = 64):
-        self.model, self.tokenizer = load_policy(model_path, dtype=dtype, device=device)
+    def __init__(self, model_path: str | None, dtype: str = "float32", device: str = "cpu", seed: int = 0,
+                 max_batch_size: int = 64, *, model=None, tokenizer=None):
+        if model_path is not None:
+            model, tokenizer = load_policy(model_path, dtype=dtype, device=device)
+        self.model, self.tokenizer = model, tokenizer
         self.model.eval().requires_grad_(False)
         self.device = torch.device(device)
         self.max_batch_size = max_batch_size
@@ -88,6 +90,11 @@ class HFSampler:
         self.seed = seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.version = 0
+
+    @classmethod
+    def from_model(cls, model, tokenizer, device: str = "cpu", seed: int = 0) -> "HFSampler":
+        """A sampler over a model already in memory (it is put in eval mode and frozen: pass a copy)."""
+        return cls(None, device=device, seed=seed, model=model, tokenizer=tokenizer)
 
     def load_weights(self, packet: WeightsPacket) -> None:
         load_packet(self.model, packet)
