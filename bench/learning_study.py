@@ -179,7 +179,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, help="seeds per preset (default: 3 for skill1/grpo/no_library, 2 else)")
     p.add_argument("--report", action="store_true", help="only print the report from the results present")
     p.add_argument("--iterations", type=int, default=20,
-                   help="iterations per run (13 runs of 20 fit in ~90 min on 2 cores; cpu_study.yaml alone runs 40)")
+                   help="iterations per run (13 runs of 20 should fit 90 min on 2 cores, not yet measured; cpu_study.yaml alone runs 40)")
     p.add_argument("overrides", nargs="*", help="config overrides for every run (the same budget for all)")
     args = p.parse_args()
     args.overrides = [f"algorithm.iterations={args.iterations}", *args.overrides]

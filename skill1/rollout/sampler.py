@@ -80,6 +80,8 @@ class HFSampler:
                  max_batch_size: int = 64, *, model=None, tokenizer=None):
         if model_path is not None:
             model, tokenizer = load_policy(model_path, dtype=dtype, device=device)
+        elif model is None or tokenizer is None:
+            raise ValueError("HFSampler needs a model_path, or a model and its tokenizer")
         self.model, self.tokenizer = model, tokenizer
         self.model.eval().requires_grad_(False)
         self.device = torch.device(device)
