@@ -38,6 +38,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(None, [f"model.path={args.out}", *args.overrides])
     settings = EpisodeSettings.from_config(cfg, training=True)
+    from skill1.run_dir import check_model_dir_replaceable
+
+    check_model_dir_replaceable(Path(args.out))  # --out replaces a tiny model built before, nothing else
     shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.perf_counter()
     ensure_policy(cfg.model, settings=settings)

@@ -33,24 +33,16 @@ from skill1.metrics import episode_metrics, fault_metrics
 from skill1.rollout.worker import RolloutRequest, RolloutStats
 from skill1.rollout.requests import fault_policy
 from skill1.trainer import TaskPlan, TrainContext, busy_fractions, compute_credit, update_library
-from skill1.types import Episode
+from skill1.types import Episode, RolloutGroup
 
 POLL_WAIT_S = 0.5  # a poll returns at once when a group is done; this only bounds an idle wait
 EVAL_TAG = "eval"  # a held-out evaluation streams beside the training groups
 
 
 @dataclass
-class _Group:
-    seq: int
-    episodes: list[Episode]
-    behaviour_version: int  # the oldest weights that generated for any of its episodes
-    library_iteration: int = 0  # the library tag iter-k it retrieved from (0: the start)
-
-
-@dataclass
 class _Batch:
     iteration: int
-    groups: list[_Group]
+    groups: list[RolloutGroup]
     learner_version: int  # the weights that train it
     episodes: list[Episode] = field(default_factory=list)  # trainable ones
     all_episodes: list[Episode] = field(default_factory=list)
@@ -62,7 +54,7 @@ def _stats_delta(new: RolloutStats, old: RolloutStats) -> RolloutStats:
                            for f in fields(RolloutStats) if f.name != "fault_log"})
 
 
-def staleness_metrics(groups: list[_Group], learner_version: int, eta: int, iteration: int) -> dict[str, float]:
+def staleness_metrics(groups: list[RolloutGroup], learner_version: int, eta: int, iteration: int) -> dict[str, float]:
     values = [staleness(learner_version, g.behaviour_version) for g in groups]
     m = {"async/staleness_mean": sum(values) / max(1, len(values)), "async/staleness_max": float(max(values, default=0))}
     m.update({f"async/staleness/{s}": values.count(s) / max(1, len(values)) for s in range(eta + 1)})
@@ -81,8 +73,8 @@ def library_fresh(queued: int, groups_per_batch: int, max_library_staleness: int
     return queued // groups_per_batch <= max_library_staleness
 
 
-def take_batch(buffer: list[_Group], learner_version: int,
-               ctl: AdmissionController) -> tuple[list[_Group], list[_Group], int]:
+def take_batch(buffer: list[RolloutGroup], learner_version: int,
+               ctl: AdmissionController) -> tuple[list[RolloutGroup], list[RolloutGroup], int]:
     """(the B oldest groups within eta of `learner_version` or [] if fewer are fresh, the rest, how many
     expired). Expired groups leave the buffer and are counted as dropped by `ctl`."""
     fresh, expired = [], 0
@@ -106,7 +98,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
     needed = a.iterations * B  # never admit more than the run can train
     version = learner_version = start  # on every sampler / finished by the learner
     next_seq, formed, logged = 0, start, start
-    buffer: list[_Group] = []
+    buffer: list[RolloutGroup] = []
     running: set[int] = set()  # group numbers submitted and not back yet
     read_tag: dict[int, int] = {}  # group number -> the library tag iteration it was pinned to
     replay: list[int] = []  # groups that were running at the checkpoint: played again first
@@ -189,7 +181,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
                 running.discard(int(tag))
                 behaviour = min(e.policy_version for e in episodes)
                 if ctl.on_finish(learner_version, behaviour):
-                    buffer.append(_Group(int(tag), episodes, behaviour, read_tag.pop(int(tag), formed)))
+                    buffer.append(RolloutGroup(int(tag), episodes, behaviour, read_tag.pop(int(tag), formed)))
                 else:
                     counters["dropped_on_finish"] += 1
 

@@ -11,14 +11,17 @@ import os
 import sys
 from pathlib import Path
 
+from skill1.checkpoint import CheckpointError
 from skill1.config import ConfigError, load_config
 from skill1.envs.base import EnvDataError
 from skill1.library_cli import CommandError
 from skill1.library_cli import register as register_library
+from skill1.run_dir import OwnershipError
 
 
 def train_config(args) -> tuple:
-    """(config, resume?) for `skill1 train`: a fresh run from --config, or the run dir's own config to resume."""
+    """(config, mode) for `skill1 train`: mode False, a fresh run from --config; True, the run dir's own config
+    to resume; "restart", --auto-resume on a run dir of ours with no checkpoint yet (it starts over)."""
     resume = args.resume
     if args.auto_resume:  # a retried job (preemption, RayJob backoffLimit) continues its run, else starts it
         if not args.config:
@@ -27,15 +30,13 @@ def train_config(args) -> tuple:
 
         cfg = load_config(args.config, args.overrides)
         if latest_checkpoint(cfg.run_dir) is None:
-            return cfg, False
+            # the same run: a first attempt that died before its first checkpoint is started over
+            return cfg, "restart"
         resume = str(cfg.run_dir)
     elif resume and args.config:
         raise ConfigError("--resume: the run's own config.yaml is used; pass changes as key=value overrides")
     if resume:
-        run = Path(resume).resolve()
-        # the run dir is where it is now, whatever output_dir it was started with
-        return _run_config(str(run), [*args.overrides, f"output_dir={run.parent}", f"name={run.name}"],
-                           flag="--resume"), True
+        return _run_config(resume, args.overrides, flag="--resume"), True
     cfg = load_config(args.config, args.overrides)
     sweep_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
     if sweep_run:  # a wandb sweep agent's run: its own run dir, not the config's shared one
@@ -46,8 +47,8 @@ def train_config(args) -> tuple:
 def _train(args) -> int:
     from skill1.trainer import train
 
-    cfg, resume = train_config(args)
-    result = train(cfg, resume=resume)
+    cfg, mode = train_config(args)
+    result = train(cfg, resume=mode is True, restart=mode == "restart")
     if result.stopped_at is not None:
         print(f"\nStopped by a signal after iteration {result.stopped_at}; checkpoint saved.\n"
               f"Continue it:  skill1 train --resume {result.run_dir}")
@@ -62,11 +63,22 @@ def _train(args) -> int:
     return 0
 
 
+# Keys of a run's own config.yaml that are never taken from it: a received run directory is data, and these
+# would run a program it names. The user passes them again as overrides to use them.
+UNTRUSTED_RUN_KEYS = ("rollout.sampler_python",)
+
+
 def _run_config(run: str, overrides: list[str], flag: str = "--run"):
-    path = Path(run) / "config.yaml"
+    """The config of run directory `run`, placed where the directory is now (whatever output_dir / name it was
+    made with), without the keys that would execute something unless the user passes them again."""
+    run_path = Path(run).resolve()
+    path = run_path / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{flag}: {run} has no config.yaml (is it a run directory made by skill1 train?)")
-    return load_config(path, overrides)
+    given = {o.lstrip("-").split("=", 1)[0] for o in overrides}
+    dropped = [f"{k}=null" for k in UNTRUSTED_RUN_KEYS if k not in given]
+    cfg = load_config(path, [*dropped, *overrides, f"output_dir={run_path.parent}", f"name={run_path.name}"])
+    return cfg
 
 
 def _eval(args) -> None:
@@ -138,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+USER_ERRORS = (ConfigError, CommandError, EnvDataError, CheckpointError, OwnershipError)
+
+
+def _actor_errors() -> tuple:
+    """Errors a learner actor raises for the user (imported late: they pull in torch)."""
+    from skill1.learner.learner import NonFiniteUpdates
+    from skill1.learner.safe_load import UnsafeCheckpoint
+
+    return (NonFiniteUpdates, UnsafeCheckpoint)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # An inherited WANDB_SERVICE (a notebook, a sweep agent, a test runner that used wandb) would register
@@ -147,9 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.fn(args)
         return rc if isinstance(rc, int) else 0
-    except (ConfigError, CommandError, EnvDataError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # raised inside an actor: Ray wraps it; a user-facing cause is still one line
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, USER_ERRORS + _actor_errors()):
+            print(f"error: {str(cause).splitlines()[0]}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -7,12 +7,17 @@ problem is reported as one line naming the key (`ConfigError: learner.lr: must b
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from skill1.run_dir import OwnershipError, check_name
 
 ENV_NAMES = ("builtin", "alfworld", "webshop", "faulty")
 EVAL_SPLITS = {
@@ -107,7 +112,8 @@ class EnvConfig:
         _check(self.memory_per_pool_mb >= 0, "env.memory_per_pool_mb", "must be >= 0")
         _one_of(self.pool_scheduling, "env.pool_scheduling", ("SPREAD", "DEFAULT"))
         for key, amount in self.pool_resources.items():
-            _check(isinstance(amount, (int, float)) and amount > 0, f"env.pool_resources.{key}", "must be a number > 0")
+            _check(isinstance(amount, (int, float)) and math.isfinite(amount) and amount > 0,
+                   f"env.pool_resources.{key}", f"must be a finite number > 0, got {amount}")
         _check(self.step_timeout_s > 0, "env.step_timeout_s", "must be > 0")
         _check(self.max_env_retries >= 0, "env.max_env_retries", "must be >= 0")
         _check(self.max_pool_restarts >= -1, "env.max_pool_restarts", "must be >= 0 (or -1: unlimited)")
@@ -157,6 +163,12 @@ class RolloutConfig:
     def validate(self) -> None:
         _one_of(self.backend, "rollout.backend", ("hf", "vllm", "scripted"))
         _one_of(self.mode, "rollout.mode", ("async", "sync"))
+        if self.sampler_python is not None:  # Ray runs it through a shell: a path, never a command line
+            py = self.sampler_python
+            _check(py.strip() == py and not any(c in py for c in " \t\n;|&$`<>(){}*?!'\"\\"),
+                   "rollout.sampler_python", f"must be the path of a Python interpreter, got {py!r}")
+            _check(os.path.isfile(py) and os.access(py, os.X_OK), "rollout.sampler_python",
+                   f"{py} is not an executable file")
         _check(isinstance(self.max_staleness, int) and self.max_staleness >= 0, "rollout.max_staleness",
                "must be an integer >= 0")
         _check(isinstance(self.max_library_staleness, int) and self.max_library_staleness >= 0,
@@ -273,6 +285,9 @@ class LearnerConfig:
     # placements) | cuda_ipc (samplers on the learner's own GPU: colocated)
     weight_sync: str = "object_store"
     weight_sync_bucket_mb: float = 256.0  # collective: one broadcast per bucket of this size
+    # optimizer steps skipped in a row (non-finite loss or gradient: the weights stay as they were) before the
+    # learner stops the run with an error; a single bad batch is skipped and counted (learner/skipped_nonfinite)
+    max_nonfinite_skips: int = 3
 
     def validate(self) -> None:
         _one_of(self.backend, "learner.backend", ("deepspeed", "torch"))
@@ -349,19 +364,18 @@ class Skill1Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> "Skill1Config":
-        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        try:  # a run dir is output_dir/name: `name=..` must never reach the working directory
+            check_name(self.name)
+        except OwnershipError as e:
+            raise ConfigError(str(e)) from None
         _check(self.save_every >= 0, "save_every", "must be >= 0")
         _check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
         _check(self.eval_every >= 0, "eval_every", "must be >= 0 (0: never during training)")
+        check_numbers(self)  # first: a NaN must not slip through a section's `x > 0`-style check
         for section in (self.model, self.env, self.rollout, self.library, self.algorithm,
                         self.learner, self.placement, self.logging):
             section.validate()
         return self
-
-    def check_run_dir_free(self) -> None:
-        """A second run into the same dir would collide with its library tags and metrics."""
-        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.overwrite:
-            raise ConfigError(f"name: {self.run_dir} already holds a run; pass name=<new name> or overwrite=true")
 
     @property
     def run_dir(self) -> Path:
@@ -369,6 +383,78 @@ class Skill1Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Every numeric key, as an interval: "[" "]" inclusive, "(" ")" exclusive; values must also be finite. The
+# upper bounds are sanity limits far beyond any real run: a typo (lr=10, 1e9 new tokens, 1e6 CPUs per actor)
+# stops here with one line, not hours later as NaN weights or a request the cluster can never place.
+BOUNDS: dict[str, str] = {
+    "save_every": "[0, 1e7]", "keep_checkpoints": "[0, 1e6]", "eval_every": "[0, 1e7]",
+    "model.vocab_size": "[300, 65536]", "model.hidden_size": "[64, 65536]", "model.num_layers": "[1, 48]",
+    "model.head_dim": "[32, 128]", "model.warm_start_steps": "[0, 1e8]", "model.warm_start_lr": "(0, 1)",
+    "model.warm_start_batch": "[1, 65536]", "model.warm_start_tasks": "[1, 1e8]",
+    "model.warm_start_dagger_steps": "[0, 1e8]", "model.warm_start_dagger_tasks": "[1, 1e8]",
+    "env.max_steps": "[1, 10000]", "env.invalid_action_penalty": "[0, 100]", "env.history_length": "[0, 10000]",
+    "env.num_pools": "[1, 100000]", "env.num_cpus_per_pool": "[0, 1024]", "env.memory_per_pool_mb": "[0, 1e8]",
+    "env.step_timeout_s": "(0, 1e6]", "env.max_env_retries": "[0, 1000]", "env.max_pool_restarts": "[-1, 1e6]",
+    "env.eval_tasks": "[1, 1e7]", "env.eval_seed": "[0, 4294967295]",
+    "rollout.max_staleness": "[0, 1000]", "rollout.max_library_staleness": "[0, 1000]",
+    "rollout.num_samplers": "[1, 100000]", "rollout.scripted_latency_s": "[0, 3600]",
+    "rollout.max_sampler_restarts": "[-1, 1e6]", "rollout.num_cpus_per_sampler": "[0, 1024]",
+    "rollout.num_gpus_per_sampler": "[0, 64]", "rollout.torch_threads": "[1, 1024]",
+    "rollout.temperature": "(0, 10]", "rollout.top_p": "(0, 1]", "rollout.eval_temperature": "[0, 10]",
+    "rollout.max_new_tokens_query": "[1, 131072]", "rollout.max_new_tokens_rerank": "[1, 131072]",
+    "rollout.max_new_tokens_act": "[1, 131072]", "rollout.max_new_tokens_distill": "[1, 131072]",
+    "library.top_k": "[1, 1000]", "library.top_m": "[1, 1e6]", "library.alpha": "(0, 1]",
+    "library.exploration": "[0, 1000]", "library.similarity_weight": "[0, 1000]",
+    "library.initial_utility": "[-1000, 1000]", "library.merge_threshold": "[-1, 1]",
+    "library.max_skill_chars": "[16, 1e7]", "library.capacity": "[1, 1e9]", "library.compact_every": "[0, 1e7]",
+    "algorithm.iterations": "[1, 1e8]", "algorithm.tasks_per_iteration": "[1, 1e7]",
+    "algorithm.group_size": "[1, 65536]", "algorithm.lambda_rerank": "[0, 1000]",
+    "algorithm.lambda_distill": "[0, 1000]", "algorithm.intrinsic_coefficient": "[0, 1000]",
+    "algorithm.seed": "[0, 4294967295]",
+    "learner.zero_stage": "[0, 3]", "learner.num_ranks": "[1, 100000]", "learner.num_cpus": "[0, 1024]",
+    "learner.num_gpus": "[0, 64]", "learner.torch_threads": "[1, 1024]", "learner.lr": "(0, 1]",
+    "learner.weight_decay": "[0, 10]", "learner.max_grad_norm": "(0, 1e6]", "learner.clip_eps": "(0, 1)",
+    "learner.kl_coef": "[0, 1000]", "learner.is_cap": "[1, 1e6]", "learner.ppo_epochs": "[1, 1000]",
+    "learner.mini_batches": "[1, 1e6]", "learner.micro_batch_tokens": "[64, 1e9]",
+    "learner.weight_sync_bucket_mb": "(0, 1e6]", "learner.max_nonfinite_skips": "[1, 1000]",
+    "placement.timeout_s": "(0, 1e7]",
+    "logging.sample_skills": "[0, 1e6]",
+}
+
+
+def numeric_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Dotted names of every int / float (or Optional of one) key of the config tree, bools excluded."""
+    cls = cls or Skill1Config
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out += numeric_keys(hint, f"{prefix}{name}.")
+            continue
+        args = set(typing.get_args(hint)) - {type(None)} if typing.get_origin(hint) is typing.Union else {hint}
+        if args and args <= {int, float}:
+            out.append(prefix + name)
+    return out
+
+
+def _interval(spec: str) -> tuple[float, bool, float, bool]:
+    lo, hi = (float(x) for x in spec[1:-1].split(","))
+    return lo, spec[0] == "(", hi, spec[-1] == ")"
+
+
+def check_numbers(cfg: "Skill1Config") -> None:
+    """Each numeric key finite and inside `BOUNDS`; one line naming the key and the value otherwise."""
+    for key in numeric_keys():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None:  # Optional keys: None has its own meaning (e.g. initial_utility: the library mean)
+            continue
+        _check(math.isfinite(value), key, f"must be a finite number, got {value}")
+        lo, lo_open, hi, hi_open = _interval(BOUNDS[key])
+        _check(value > lo if lo_open else value >= lo, key, f"must be {'>' if lo_open else '>='} {lo:g}, got {value}")
+        _check(value < hi if hi_open else value <= hi, key, f"must be {'<' if hi_open else '<='} {hi:g}, got {value}")
 
 
 def _normalise_override(arg: str) -> str:
@@ -386,7 +472,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         if not Path(path).is_file():
             raise ConfigError(f"--config: no such file: {path}")
-        layers.append(OmegaConf.load(path))
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as e:  # yaml's parser errors, undecodable bytes: one line, never a traceback
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        if not isinstance(loaded, DictConfig) or not loaded:
+            raise ConfigError(f"{path}: expected a mapping of config sections, got "
+                              f"{'an empty file' if not loaded else type(loaded).__name__}")
+        layers.append(loaded)
     if overrides:
         layers.append(OmegaConf.from_dotlist([_normalise_override(o) for o in overrides]))
     try:
@@ -400,4 +494,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Skill1Config, path: str | Path) -> None:
-    OmegaConf.save(OmegaConf.structured(cfg), str(path))
+    """Written beside and renamed (a resume rewrites a run's config.yaml: a crash must not tear it)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -47,9 +47,15 @@ def pick_library_version(library, tag: str | None) -> int | None:
             raise LibraryTagError(f"--library-tag: no tag {tag!r}; the library has: {have}" if have else
                                   f"--library-tag: no tag {tag!r}; the library has no tags")
         return tags[tag]
-    iters = [(int(t.split("-")[1]), v) for t, v in tags.items() if t.startswith("iter-") and t[5:].isdigit()]
-    version = max(iters)[1] if iters else library.version
+    version = newest_iteration_tag(tags)[1]
+    version = library.version if version is None else version
     return version if library.checkout(version).size() > 0 else None
+
+
+def newest_iteration_tag(tags: dict[str, int]) -> tuple[int, int | None]:
+    """(k, version) of the newest `iter-k` tag; (0, None) when there is none."""
+    iters = [(int(t[5:]), v) for t, v in tags.items() if t.startswith("iter-") and t[5:].isdigit()]
+    return max(iters) if iters else (0, None)
 
 
 def eval_tasks(cfg: Skill1Config) -> list[Task]:
@@ -106,6 +112,9 @@ def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str 
     checkpoint = checkpoint or str(run_dir / "checkpoints" / "final")
     if not (Path(checkpoint) / "config.json").is_file():
         raise CheckpointMissing(f"no policy checkpoint at {checkpoint}: train first, or pass --checkpoint DIR")
+    from skill1.checkpoint import latest_checkpoint
+
+    trained = latest_checkpoint(run_dir)  # read (as data) before anything starts: a damaged one is one line
     init_ray(cfg)  # before LanceDB is imported: see trainer.train
     library_path, version = run_dir / "library", None
     if cfg.algorithm.effective().use_library and library_path.exists():
@@ -122,7 +131,7 @@ def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str 
     report = summarize(episodes, checkpoint=checkpoint, library_version=version,
                        split=cfg.env.resolved_eval_split(), settings=eval_settings(cfg))
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
-    log_eval(cfg, report)
+    log_eval(cfg, report, trained)
     return report
 
 
@@ -134,11 +143,9 @@ def eval_metrics(report: dict) -> dict[str, float]:
     return m
 
 
-def log_eval(cfg: Skill1Config, report: dict) -> None:
-    """Into the training run's own wandb run (same id, at the iteration of the newest checkpoint), when it has one."""
-    from skill1.checkpoint import latest_checkpoint
-
-    ckpt = latest_checkpoint(cfg.run_dir)
+def log_eval(cfg: Skill1Config, report: dict, ckpt) -> None:
+    """Into the training run's own wandb run (same id, at the iteration of `ckpt`, its newest checkpoint),
+    when it has one."""
     if cfg.logging.wandb_mode == "disabled" or ckpt is None or ckpt.state.wandb_run_id is None:
         return
     import wandb

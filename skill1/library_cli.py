@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import asdict
 from functools import lru_cache
@@ -23,11 +24,30 @@ from skill1.config import load_config
 SORT_KEYS = ("utility", "uses", "created")
 
 
+# Skill texts are model output, and tag names and paths come from a run directory someone else may have made:
+# an ANSI escape in them would recolour, retitle, hide or rewrite what the terminal shows; C1 controls and
+# bidi overrides reorder it. Escape sequences go whole, then any other control character (whitespace is left
+# for the callers, which collapse it).
+_TERMINAL_CONTROL = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI (colours, cursor moves, erase)
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC (window title, hyperlinks, clipboard)
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"  # DCS / SOS / PM / APC strings
+    r"|\x1b[ -/]*[0-~]?"  # any other escape (and a lone ESC)
+    r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
+    r"|[\x00-\x08\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def plain(text) -> str:
+    """`text` without terminal control sequences or control characters: safe to print."""
+    return _TERMINAL_CONTROL.sub("", str(text))
+
+
 class CommandError(Exception):
     """A user-facing failure: `skill1` prints `error: <message>` on one line and exits with status 2."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(" ".join(plain(message).split()))
 
 
 # ---- opening a run's library ------------------------------------------------------------------
@@ -64,10 +84,13 @@ class _Run:
     @property
     def lib(self):
         if self._lib is None:
-            from skill1.library import LibraryEncoderMismatch, SkillLibrary
+            from skill1.library import LibraryEncoderMismatch, LibraryNotFound, SkillLibrary
 
-            try:
-                self._lib = SkillLibrary.open(str(self.library_dir), self.encoder.name, self.encoder.dim)
+            try:  # never create: these commands only read (restore writes a version of an existing table)
+                self._lib = SkillLibrary.open(str(self.library_dir), self.encoder.name, self.encoder.dim,
+                                              create=False)
+            except LibraryNotFound as e:
+                raise CommandError(f"--run: {e}") from e
             except LibraryEncoderMismatch as e:
                 raise CommandError(str(e)) from e
         return self._lib
@@ -144,7 +167,7 @@ class _Grid:
         self.rows: list[tuple[list[str], str | None]] = []
 
     def add(self, *cells, style: str | None = None) -> None:
-        self.rows.append(([" ".join(str(c).split()) for c in cells], style))
+        self.rows.append(([" ".join(plain(c).split()) for c in cells], style))
 
     def print(self, console) -> None:
         from rich.table import Table
@@ -157,7 +180,8 @@ class _Grid:
         if caps and sum(caps.values()) > room:
             total = sum(caps.values())
             caps = {k: max(min(8, w), w * room // total) for k, w in caps.items()}
-        table = Table(title=Text(self.title), title_justify="left", caption=self.caption, caption_justify="left")
+        table = Table(title=Text(plain(self.title)), title_justify="left",
+                      caption=Text(plain(self.caption)) if self.caption else None, caption_justify="left")
         for k, (header, spec) in enumerate(self.columns):
             if k in caps:
                 table.add_column(header, no_wrap=True, overflow="ellipsis", max_width=caps[k])
@@ -293,8 +317,9 @@ def library_diff(args) -> None:
                                    for i, uf, ut, nf, nt in changes]})
         return
     console, top = _console(), args.top if args.top > 0 else None
-    console.print(f"Skill library diff: {va.label} {_sym['->']} {vb.label}: {len(d.added)} added, {len(d.merged)} merged "
-                  f"into, {len(d.retired)} retired, {len(d.utility_changes)} utility changes", markup=False)
+    console.print(plain(f"Skill library diff: {va.label} {_sym['->']} {vb.label}: {len(d.added)} added, "
+                        f"{len(d.merged)} merged into, {len(d.retired)} retired, {len(d.utility_changes)} utility "
+                        f"changes"), markup=False)
 
     def more(n_all: int) -> str | None:
         return None if top is None or n_all <= top else f"{top} of {n_all} (--top N, or --json for all)"
@@ -334,7 +359,7 @@ def library_diff(args) -> None:
 
 def _confirm(prompt: str) -> bool:
     try:
-        answer = input(prompt)
+        answer = input(plain(prompt))
     except (EOFError, KeyboardInterrupt):
         print()
         return False
@@ -361,9 +386,9 @@ def library_restore(args) -> None:
         _json({"run": str(run.dir), "restored": target.describe(), "previous_head_version": head_version,
                "head_version": new_version, "active_skills": lib.size()})
         return
-    print(f"restored {target.label}: the head is now version {new_version} with {lib.size()} active skills "
-          f"(previous head: version {head_version}; undo with: skill1 library restore --run {args.run} "
-          f"{head_version} --yes)")
+    print(plain(f"restored {target.label}: the head is now version {new_version} with {lib.size()} active skills "
+                f"(previous head: version {head_version}; undo with: skill1 library restore --run {args.run} "
+                f"{head_version} --yes)"))
 
 
 def _default_export_name(ref: int | str | None) -> str:
@@ -388,7 +413,7 @@ def library_export(args) -> None:
         _json({"run": str(run.dir), "snapshot": view.describe(), "path": str(out), "rows": rows,
                "active_only": args.active_only, "with_vectors": args.with_vectors})
         return
-    print(f"{out}  ({rows} {'active ' if args.active_only else ''}skills from {view.label})")
+    print(plain(f"{out}  ({rows} {'active ' if args.active_only else ''}skills from {view.label})"))
 
 
 # ---- parser -----------------------------------------------------------------------------------

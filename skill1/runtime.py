@@ -13,12 +13,17 @@ import ray
 from skill1.config import ConfigError, Skill1Config
 from skill1.envs.pool import EnvPool
 from skill1.learner.learner import Learner
+from skill1.learner.weight_sync import LOOPBACK, is_loopback, serve_store
 from skill1.rollout.sampler import GenerationBatch, make_sampler
 from skill1.rollout.worker import RolloutWorker
 
 
+_LOCAL_GCS: str | None = None  # the GCS of the instance init_ray started in this process: one machine
+
+
 def init_ray(cfg: Skill1Config) -> None:
     """Join `ray_address` / RAY_ADDRESS if given (`ray job submit` sets it), else start a local instance."""
+    global _LOCAL_GCS
     if ray.is_initialized():
         return
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
@@ -32,6 +37,22 @@ def init_ray(cfg: Skill1Config) -> None:
     else:
         ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=cfg.dashboard,
                  dashboard_host=cfg.dashboard_host, log_to_driver=True, configure_logging=False)
+        _LOCAL_GCS = ray.get_runtime_context().gcs_address
+
+
+def rendezvous_host(placement_group=None) -> str:
+    """Where the learner ranks' and the weight channel's rendezvous listen: loopback when every peer is on this
+    machine (Ray started here by init_ray, or the fleet's placement group sits on this node alone), else this
+    node's own address (peers on other nodes; cluster/README.md lists these ports and what guards them).
+    A `ray start --head` never gives loopback by itself: Ray swaps --node-ip-address=127.0.0.1 for a LAN one."""
+    ip = ray.util.get_node_ip_address()
+    if is_loopback(ip) or (_LOCAL_GCS is not None and ray.get_runtime_context().gcs_address == _LOCAL_GCS):
+        return LOOPBACK
+    if placement_group is not None:
+        nodes = set(ray.util.placement_group_table(placement_group)["bundles_to_node_id"].values())
+        if nodes == {ray.get_runtime_context().get_node_id()}:
+            return LOOPBACK
+    return ip
 
 
 class SamplerHost:
@@ -180,6 +201,7 @@ class Fleet:
             self.worker.set_weights_source.remote([None], self.learner)
         if backend == "collective":
             host, port = ray.get(self.learner.node_address.remote())
+            host = LOOPBACK if is_loopback(rendezvous_host(self.placement_group)) else host  # one machine
             world, kind = len(self.samplers) + 1, "nccl" if self.on_gpu else "gloo"
             ray.get([self.learner.open_channel.remote(host, port, world, kind, bucket_bytes),
                      *[s.open_channel.remote(host, port, i + 1, world, kind, bucket_bytes, self.layout)
@@ -281,15 +303,9 @@ def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, wi
     if with_learner:
         world = lc.num_ranks
         if world > 1:  # the driver hosts the ranks' rendezvous: no rank must start first
-            import datetime
-
-            import torch.distributed as dist
-
-            from skill1.learner.learner import _free_port
-
-            host, port = ray.util.get_node_ip_address(), _free_port()
-            store = dist.TCPStore(host, port, is_master=True, wait_for_workers=False,
-                                  timeout=datetime.timedelta(seconds=900))
+            host = rendezvous_host(pg)
+            store = serve_store(host, 0, timeout_s=900)  # listens on `host` only, unlike a plain TCPStore
+            port = store.port
         learners = [ray.remote(Learner).options(
             name=f"{cfg.name}:learner-{rank}", num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
             runtime_env=_threads(lc.torch_threads, DS_ACCELERATOR="cpu" if lc.num_gpus == 0 else "cuda"),

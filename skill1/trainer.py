@@ -15,7 +15,6 @@ Asynchronous (`rollout.mode: async`, the default): the same steps overlapped, wi
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +26,20 @@ from skill1.agent.episode import EpisodeSettings
 from skill1.agent.prompts import PROMPT_VERSION
 from skill1.algo.advantages import assign_credit
 from skill1.algo.batch import credit_inputs, episodes_to_samples
-from skill1.checkpoint import (Checkpoint, StopRequest, TrainState, latest_checkpoint, restore_driver_rng,
-                               truncate_jsonl, write_checkpoint)
+from skill1.checkpoint import (Checkpoint, CheckpointError, StopRequest, TrainState, latest_checkpoint,
+                               publish_dir, restore_driver_rng, truncate_jsonl, write_checkpoint)
 from skill1.config import ConfigError, Skill1Config, save_config
 from skill1.envs.registry import make_task_source
-from skill1.evaluate import eval_metrics, eval_request, eval_tasks, summarize
+from skill1.evaluate import eval_metrics, eval_request, eval_tasks, newest_iteration_tag, summarize
 from skill1.library.retrieval import RetrievalSettings
 from skill1.metrics import MetricsLogger, episode_metrics, fault_metrics, short_family
 from skill1.models.provision import ensure_policy
 from skill1.rollout.requests import fault_policy, retrieval_settings
 from skill1.rollout.worker import RolloutRequest
+from skill1.run_dir import DirLock, fresh_run_dir, is_run_dir
 from skill1.runtime import init_ray, sampler_python, start_fleet
-from skill1.types import Episode
+from skill1.serialization import DecodeError, from_jsonable, to_jsonable
+from skill1.types import Episode, RolloutGroup
 
 
 @dataclass
@@ -159,7 +160,11 @@ class TrainContext:
     stopped_at: int | None = None  # the iteration a SIGTERM checkpointed
 
     def pinned_library(self) -> int | None:
-        return self.library.version if self.cfg.algorithm.effective().use_library and self.library.size() > 0 else None
+        """The version rollouts retrieve from: the newest `iter-k` tag's, never an untagged head (compaction
+        removes untagged versions while groups may still read them); None before the first tag or when empty."""
+        if not self.cfg.algorithm.effective().use_library or self.library.size() == 0:
+            return None
+        return newest_iteration_tag(self.library.tags())[1]
 
     def sync_weights(self, version: int) -> int:
         """Learner -> every sampler (`learner.weight_sync` transport); returns the version they all hold."""
@@ -223,8 +228,9 @@ class TrainContext:
             library_version=self.library.tags().get(lib_tag, self.library.version) if lib_tag else self.library.version,
             next_seq=next_seq, running_seqs=sorted(running_seqs), trained_groups=list(self.trained_groups),
             consumed_episodes=sorted(self.consumed), reference_model=self.model_path,
-            wandb_run_id=self.logger.run_id, reason=reason)
-        path = write_checkpoint(self.run_dir, state, list(buffer), self.fleet.save_state, self.cfg.keep_checkpoints)
+            wandb_run_id=self.logger.run_id, reason=reason, prompt_version=PROMPT_VERSION)
+        path = write_checkpoint(self.run_dir, state, [to_jsonable(g) for g in buffer], self.fleet.save_state,
+                                self.cfg.keep_checkpoints, learner_ranks=len(self.fleet.learners))
         self.saved_iteration = it
         tqdm.write(f"checkpoint ({reason}): {path}")
         return path
@@ -302,34 +308,58 @@ def run_sync(ctx: TrainContext, bar) -> dict:
 
 
 def _prepare_resume(cfg: Skill1Config) -> Checkpoint:
+    """The newest checkpoint, checked whole before anything in the run dir changes or Ray starts."""
+    from skill1.learner.safe_load import UnsafeCheckpoint, scan
+
     ckpt = latest_checkpoint(cfg.run_dir)
     if ckpt is None:
         raise ConfigError(f"--resume: {cfg.run_dir} has no complete checkpoint (checkpoints/latest); runs save "
                           f"every save_every iterations and on SIGTERM")
+    if ckpt.state.prompt_version != PROMPT_VERSION:
+        raise ConfigError(f"--resume: {ckpt.path} was trained with prompts {ckpt.state.prompt_version or 'unrecorded'}"
+                          f", this Skill1 writes prompts {PROMPT_VERSION}; resuming would train on other prompts "
+                          f"than the policy learned (evaluate it, or start a new run from its policy)")
     if ckpt.state.iteration > cfg.algorithm.iterations:
         raise ConfigError(f"algorithm.iterations: {cfg.algorithm.iterations} is behind the checkpoint "
                           f"(iteration {ckpt.state.iteration}); raise it to continue the run")
+    try:  # read against our own types: a damaged buffer is one line now, not a crash later
+        ckpt.buffer = [from_jsonable(RolloutGroup, g, "buffer") for g in ckpt.buffer]
+    except DecodeError as e:
+        raise CheckpointError(f"{ckpt.path / 'driver.json'}: damaged ({e})") from None
+    try:  # the learner ranks load it weights-only; a file that would need more is refused here, before Ray
+        scan(ckpt.learner_dir)
+    except UnsafeCheckpoint as e:
+        raise CheckpointError(str(e)) from None
+    restore_driver_rng(ckpt.driver_rng)
     # what happened after the checkpoint never happened: its metrics and ledger lines go
     truncate_jsonl(cfg.run_dir / "metrics.jsonl", "step", ckpt.state.iteration)
     truncate_jsonl(cfg.run_dir / "trained.jsonl", "iteration", ckpt.state.iteration)
-    restore_driver_rng(ckpt.driver_rng)
     return ckpt
 
 
-def train(cfg: Skill1Config, resume: bool = False) -> TrainResult:
-    """Train `cfg`; `resume=True` continues its run dir from the newest checkpoint instead of starting anew."""
+def train(cfg: Skill1Config, resume: bool = False, restart: bool = False) -> TrainResult:
+    """Train `cfg`; `resume=True` continues its run dir from the newest checkpoint instead of starting anew;
+    `restart=True` starts a run dir of ours over (a retried job whose first attempt saved no checkpoint)."""
+    # one process per run dir, for the whole run: a second quickstart or --resume is one line naming the holder
+    with DirLock(cfg.run_dir, "skill1 train"):
+        return _train_locked(cfg, resume, restart)
+
+
+def _train_locked(cfg: Skill1Config, resume: bool, restart: bool) -> TrainResult:
     # before anything starts: missing benchmark data is one clear error, not a crash inside an actor
     task_source, a = make_task_source(cfg.env.name, **cfg.env.source_options()), cfg.algorithm.effective()
     sampler_python(cfg)  # a missing vLLM install is a one-line error too
+    if resume:  # a library built with another encoder: one line before Ray starts, as in `skill1 library`
+        from skill1.library.probe import check_library_encoder
+
+        check_library_encoder(cfg.run_dir / "library", cfg.library.encoder)
     run_dir = cfg.run_dir
     ckpt = None
     if resume:
         ckpt = _prepare_resume(cfg)
         model_path = ckpt.state.reference_model
     else:
-        cfg.check_run_dir_free()
-        shutil.rmtree(run_dir, ignore_errors=True)  # only reached when empty or overwrite=true
-        run_dir.mkdir(parents=True)
+        fresh_run_dir(run_dir, overwrite=cfg.overwrite or (restart and is_run_dir(run_dir)))
         # a first-time tiny policy learns from demonstrations played with this run's episode settings
         model_path = ensure_policy(cfg.model, settings=EpisodeSettings.from_config(cfg, training=True))
     save_config(cfg, run_dir / "config.yaml")
@@ -375,7 +405,7 @@ def train(cfg: Skill1Config, resume: bool = False) -> TrainResult:
         else:
             metrics = run_sync(ctx, bar)
         if ctx.stopped_at is None:
-            fleet.save(str(checkpoint))
+            publish_dir(fleet.save, checkpoint)
             if cfg.eval_at_ends:
                 metrics = {**metrics, **eval_metrics(ctx.evaluate_now(cfg.algorithm.iterations,
                                                                       cfg.algorithm.iterations))}

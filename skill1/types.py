@@ -111,6 +111,16 @@ class Episode:
 
 
 @dataclass
+class RolloutGroup:
+    """The G finished episodes of one task, waiting in the asynchronous buffer (and in checkpoints)."""
+
+    seq: int  # group number in the task plan
+    episodes: list[Episode]
+    behaviour_version: int  # the oldest weights that generated for any of its episodes
+    library_iteration: int = 0  # the library tag iter-k it retrieved from (0: the start)
+
+
+@dataclass
 class TrainSample:
     """One segment, ready for the learner: its tokens, which of them learn, and their advantage."""
 

@@ -5,7 +5,8 @@ import random
 import pytest
 
 from skill1.algo.admission import AdmissionController, staleness
-from skill1.async_trainer import _Group, take_batch
+from skill1.async_trainer import take_batch
+from skill1.types import RolloutGroup
 
 
 def test_capacity_is_eta_plus_version_plus_one_batches():
@@ -65,7 +66,7 @@ def test_random_schedules_never_exceed_capacity_and_keep_the_counter_invariant()
 
 
 def _g(seq, version):
-    return _Group(seq, [], version)
+    return RolloutGroup(seq, [], version)
 
 
 def test_take_batch_takes_the_oldest_fresh_groups_and_expires_stale_ones():

@@ -30,6 +30,8 @@ def _fake_learner(calls: list):
         for d in (policy_dir, learner_dir):
             os.makedirs(d)
             Path(d, "weights").write_text("w")
+        Path(policy_dir, "config.json").write_text("{}")  # what a complete checkpoint must hold
+        Path(learner_dir, "rng-rank0.pt").write_text("r")
     return save
 
 
@@ -175,9 +177,9 @@ def test_train_config_resume_auto_resume_and_sweep_names(tmp_path, monkeypatch):
     root = Path(__file__).resolve().parents[1]
     cfg, resume = train_config(_train_args("--config", str(root / qs), f"output_dir={tmp_path}", "name=r"))
     assert not resume and cfg.run_dir == tmp_path / "r"
-    # --auto-resume: nothing to resume yet -> a fresh start
+    # --auto-resume: nothing to resume yet -> the run (re)starts
     args = ("--auto-resume", "--config", str(root / qs), f"output_dir={tmp_path}", "name=r")
-    assert train_config(_train_args(*args))[1] is False
+    assert train_config(_train_args(*args))[1] == "restart"
     # ... once the run has a checkpoint, its own config (moved dirs included) and the overrides
     (tmp_path / "r").mkdir()
     save_config(cfg, tmp_path / "r" / "config.yaml")
@@ -191,3 +193,40 @@ def test_train_config_resume_auto_resume_and_sweep_names(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")
     cfg3, _ = train_config(_train_args("--config", str(root / qs), f"output_dir={tmp_path}"))
     assert cfg3.name == "quickstart-abc123"
+
+
+def test_rollback_drops_later_iteration_tags_of_the_same_version(tmp_path):
+    """grpo / no_library / an iteration without a valid skill tag the version the iteration before tagged:
+    a resume from iter-1 must drop iter-2 too, or re-tagging it fails ("Tag 'iter-2' already exists")."""
+    from skill1.library.store import SkillLibrary
+
+    lib = SkillLibrary.open(str(tmp_path / "lib"), "test-encoder", 8)
+    for it in (1, 2, 3):
+        lib.tag(f"iter-{it}")  # nothing written: one version, three tags
+    lib.tag("keep-me")  # not an iteration tag: a user's
+    assert lib.rollback("iter-1") == ["iter-2", "iter-3"]
+    assert set(lib.tags()) == {"iter-1", "keep-me"}
+    lib.tag("iter-2")  # the resumed iteration tags again
+
+
+def test_rollouts_pin_a_tagged_version_that_compaction_keeps(tmp_path):
+    """The trainer pins the newest iter-k tag, never the untagged head that compaction may remove."""
+    from skill1.config import load_config
+    from skill1.library.store import SkillLibrary
+    from skill1.trainer import TrainContext
+
+    dim, rng = 8, np.random.default_rng(0)
+    lib = SkillLibrary.open(str(tmp_path / "lib"), "test-encoder", dim)
+    ctx = TrainContext(load_config(None, []), tmp_path, None, None, None, lib, None, None, None)
+    assert ctx.pinned_library() is None  # empty
+    lib.add([SkillDraft("a", "b"), SkillDraft("c", "d")], rng.normal(size=(2, dim)).astype(np.float32), iteration=1,
+            source_tasks=["t", "t"], source_episodes=["e1", "e2"], initial_utility=None)
+    lib.tag("iter-1")
+    lib.update_utilities({lib.all_skills()[0].id: [1.0]}, alpha=0.5)  # the head moves on, untagged
+    pinned = ctx.pinned_library()
+    assert pinned == lib.tags()["iter-1"] and pinned != lib.version
+    rows = sorted((s.id, s.utility) for s in lib.checkout(pinned).all_skills())
+    lib.update_utilities({lib.all_skills()[1].id: [0.0]}, alpha=0.5)
+    lib.tag("iter-2")
+    lib.compact()
+    assert sorted((s.id, s.utility) for s in lib.checkout(pinned).all_skills()) == rows

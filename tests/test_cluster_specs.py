@@ -373,3 +373,76 @@ def test_rayjob_runtime_env_matches_submit_sh():
     # retries are safe: the entry point resumes the run from its checkpoint
     assert spec["shutdownAfterJobFinishes"] is True and spec["backoffLimit"] >= 1
     assert "--auto-resume" in spec["entrypoint"]
+
+
+# --- (e) nothing listens unauthenticated, no secret in plain text ------------------------------------------------
+
+SECRET_NAME = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.I)  # not TOKENIZERS_
+RAY_AUTH_VARS = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+
+
+def container_envs(spec: dict) -> list[tuple[str, dict]]:
+    """(where, env entry) for every container of a RayClusterSpec, and the autoscaler sidecar's env."""
+    out = [(f"{name}/{c['name']}", e) for name, pod in pods(spec) for c in pod["containers"] for e in c.get("env", [])]
+    return out + [("autoscaler", e) for e in spec.get("autoscalerOptions", {}).get("env", [])]
+
+
+def secret_problems(spec: dict) -> list[str]:
+    """A RayClusterSpec's token auth is off, or hand-set (the operator owns RAY_AUTH_*: a plain value would put the
+    token, or `disabled`, in the manifest), or a secret-looking variable has a plain value instead of a Secret."""
+    out = [] if spec.get("authOptions", {}).get("mode") == "token" else ["authOptions.mode is not 'token'"]
+    for where, env in container_envs(spec):
+        if env["name"] in RAY_AUTH_VARS:
+            out.append(f"{where}: sets {env['name']} by hand")
+        elif SECRET_NAME.search(env["name"]) and "secretKeyRef" not in env.get("valueFrom", {}):
+            out.append(f"{where}: {env['name']} is not from a Secret (secretKeyRef)")
+    return out
+
+
+def test_kuberay_specs_keep_token_auth_on_and_secrets_in_secrets():
+    for spec in ray_cluster_specs():
+        assert secret_problems(spec) == []
+    assert any(e["name"] == "WANDB_API_KEY" for _, e in container_envs(ray_cluster_specs()[0]))  # the one we pass
+    # a job's runtime_env is shown by the dashboard and stored with the job: no secret may ride in it
+    for env_vars in (yaml.safe_load(load_one(KUBERAY / "rayjob.yaml")["spec"]["runtimeEnvYAML"])["env_vars"],
+                     submit_sh_runtime_env()["env_vars"]):
+        assert not [k for k in env_vars if SECRET_NAME.search(k) or k in RAY_AUTH_VARS], env_vars
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda s: s["authOptions"].update(mode="disabled"), "authOptions.mode is not 'token'"),
+    (lambda s: s.pop("authOptions"), "authOptions.mode is not 'token'"),
+    (lambda s: s["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "RAY_AUTH_MODE", "value": "disabled"}), "head/ray-head: sets RAY_AUTH_MODE by hand"),
+    (lambda s: s["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "OPENAI_API_KEY", "value": "sk-..."}), "head/ray-head: OPENAI_API_KEY is not from a Secret"),
+    (lambda s: s["autoscalerOptions"].setdefault("env", []).append({"name": "RAY_AUTH_TOKEN", "value": "x"}),
+     "autoscaler: sets RAY_AUTH_TOKEN by hand"),
+], ids=["auth-disabled", "no-authOptions", "hand-set-mode", "plain-api-key", "plain-token-in-autoscaler"])
+def test_secret_checks_catch_mistakes(mutate, expected):
+    spec = copy.deepcopy(ray_cluster_specs()[0])
+    mutate(spec)
+    assert any(p.startswith(expected) for p in secret_problems(spec)), secret_problems(spec)
+
+
+def test_crd_schema_knows_the_auth_modes():
+    doc = load_one(KUBERAY / "raycluster.yaml")
+    doc["spec"]["authOptions"]["mode"] = "tokens"
+    assert any(p.startswith("spec.authOptions.mode: 'tokens' is not one of") for p in manifest_problems(doc))
+
+
+def test_autoscaler_yaml_keeps_token_auth_on_with_the_token_from_a_file():
+    config = load_one(AUTOSCALER)
+    run_options = config["docker"]["run_options"]
+    assert "-e RAY_AUTH_MODE=token" in run_options  # every Ray process of every node's container
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"  # Ray's default token path
+    text = AUTOSCALER.read_text()
+    assert "RAY_AUTH_MODE=disabled" not in text and "RAY_AUTH_TOKEN" not in text
+    plain = [o for o in run_options if o.startswith("-e ") and SECRET_NAME.search(o.split("=")[0])]
+    assert plain == [], plain
+
+
+def test_cluster_docs_never_turn_auth_off():
+    """No command we give starts Ray with token auth off (naming the setting in `code`, to warn, is fine)."""
+    for path in [*CLUSTER.rglob("*.md"), *ALL_YAML, CLUSTER / "submit.sh"]:
+        assert not re.search(r"RAY_AUTH_MODE=disabled(?!`)", path.read_text()), path

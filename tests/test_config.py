@@ -57,16 +57,6 @@ def test_presets_switch_parts_off(preset, use_library, distill, sel, dis):
         assert not a.enable_query_generation and not a.enable_rerank
 
 
-def test_existing_run_dir_is_refused_unless_overwrite(tmp_path):
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "metrics.jsonl").write_text("{}")
-    cfg = load_config(None, [f"output_dir={tmp_path}", "name=taken"])
-    with pytest.raises(ConfigError, match="already holds a run.*overwrite=true"):
-        cfg.check_run_dir_free()
-    load_config(None, [f"output_dir={tmp_path}", "name=taken", "overwrite=true"]).check_run_dir_free()
-    load_config(None, [f"output_dir={tmp_path}", "name=fresh"]).check_run_dir_free()
-
-
 # --- the benchmark configs: the paper's settings (SKILL1.md "Reference settings") on 8 and on 2 GPUs ----------------
 
 BENCHMARKS = {  # file -> (env, model dir, GPUs it is laid out for)

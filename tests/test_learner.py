@@ -120,3 +120,56 @@ def test_async_update_recomputes_proximal_logprobs_and_an_empty_update_is_a_vers
     m = learner.update(shifted)  # on-policy path: behaviour = proximal, weight 1
     assert m["learner/is_weight"] == 1.0 and m["learner/sample_staleness_mean"] == 1.0
     assert learner.update([])["learner/version"] == 3.0  # no samples is still a policy version
+
+
+# --- a non-finite loss or gradient never reaches the weights ----------------------------------------------------------
+
+def _nan_advantage(samples):
+    return [TrainSample(s.input_ids, s.prompt_len, s.old_logprobs, float("nan"), s.stage) for s in samples]
+
+
+def _weights(learner):
+    return {k: v.detach().clone() for k, v in learner.model.named_parameters()}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _skips_nan_loss_and_inf_gradient_then_steps(learner):
+    samples, before = _samples(4), _weights(learner)
+    m = learner.update(_nan_advantage(samples))  # a NaN loss
+    assert m["learner/skipped_nonfinite"] == 1.0 and m["learner/steps"] == 0.0
+    _assert_same(_weights(learner), before)
+    param = next(p for p in learner.model.parameters() if p.requires_grad)
+    hook = param.register_hook(lambda g: g * float("inf"))  # a finite loss whose gradient overflows
+    m = learner.update(samples)
+    hook.remove()
+    assert m["learner/skipped_nonfinite"] == 1.0 and learner.nonfinite_in_a_row == 2
+    _assert_same(_weights(learner), before)
+    m = learner.update(samples)  # a finite step: applied, finite (the moments were not poisoned), count reset
+    assert m["learner/skipped_nonfinite"] == 0.0 and m["learner/steps"] == 1.0 and learner.nonfinite_in_a_row == 0
+    after = _weights(learner)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert not all(torch.equal(after[k], before[k]) for k in after)
+    return samples, after
+
+
+def test_torch_learner_skips_nonfinite_steps_and_n_in_a_row_stop_the_run(small_model_dir):
+    from skill1.learner.learner import NonFiniteUpdates
+
+    learner = Learner(small_model_dir, _cfg(backend="torch", max_nonfinite_skips=3), seed=0)
+    samples, after = _skips_nan_loss_and_inf_gradient_then_steps(learner)
+    learner.update(_nan_advantage(samples))
+    learner.update(_nan_advantage(samples))
+    with pytest.raises(NonFiniteUpdates, match=r"3 optimizer steps in a row .*learner\.max_nonfinite_skips=3"):
+        learner.update(_nan_advantage(samples))
+    _assert_same(_weights(learner), after)
+
+
+@pytest.mark.parametrize("zero_stage", [2, 0])
+def test_deepspeed_learner_skips_nonfinite_steps(small_model_dir, zero_stage):
+    """ZeRO-1/2/3 skip an inf/NaN gradient norm inside DeepSpeed (a NaN loss goes in as NaN gradients); ZeRO-0
+    steps a plain torch optimizer, so the learner checks the gradients itself."""
+    _skips_nan_loss_and_inf_gradient_then_steps(Learner(small_model_dir, _cfg(backend="deepspeed",
+                                                                              zero_stage=zero_stage), seed=0))

@@ -88,3 +88,69 @@ def test_a_placement_the_cluster_cannot_fit_is_one_clear_error(small_model_dir):
             start_fleet(cfg, small_model_dir, None, with_learner=True)
     finally:
         ray.shutdown()
+
+
+# --- two DeepSpeed learner ranks over gloo, without Ray: the loss is a token mean over both ranks' tokens ----------
+
+def _file_group(store_file: str):
+    """Stands in for `join_learner_group`: a gloo group met through a file (no TCP store in a unit test)."""
+    import os
+
+    import torch.distributed as dist
+
+    def join(rank: int, world: int, *_):
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", GLOO_SOCKET_IFNAME="lo")
+        dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+
+    return join
+
+
+def _rank_main(rank: int, model_dir: str, shards: list, bad_shards: list, tmp: str) -> None:
+    import skill1.learner.learner as learner_mod
+    from skill1.config import LearnerConfig
+
+    torch.set_num_threads(1)
+    learner_mod.join_learner_group = _file_group(f"{tmp}/store")
+    cfg = LearnerConfig(backend="deepspeed", zero_stage=2, lr=1e-3, kl_coef=0.01, micro_batch_tokens=10_000)
+    learner = learner_mod.Learner(model_dir, cfg, seed=0, rank=rank, world=2, store=("unused", 0))
+    good = learner.update(shards[rank])
+    weights = {k: v.detach().clone() for k, v in learner.model.named_parameters()}
+    bad = learner.update(bad_shards[rank])  # a NaN loss on rank 1 only: both ranks skip the step
+    unchanged = all(torch.equal(v, weights[k]) for k, v in learner.model.named_parameters())
+    torch.save({"good": good, "bad": bad, "weights": weights, "unchanged": unchanged}, f"{tmp}/rank{rank}.pt")
+
+
+def test_two_gloo_ranks_with_unequal_tokens_give_the_one_rank_gradient(small_model_dir, tmp_path):
+    """Rank 0 holds 3x the generated tokens of rank 1: each token must weigh the same as in one rank's batch
+    (sum over all tokens / all tokens), not twice as much on the smaller rank (a mean of per-rank means)."""
+    import multiprocessing as mp
+
+    from skill1.config import LearnerConfig
+    from skill1.learner.learner import Learner
+
+    samples = [_sample(16, 6, i) for i in range(3)] + [_sample(9, 6, 3)]  # 10, 10, 10 | 3 generated tokens
+    shards = [samples[:3], samples[3:]]
+    poisoned = TrainSample(samples[3].input_ids, 6, samples[3].old_logprobs, float("nan"), Stage.ACT)
+    bad_shards = [samples[:3], [poisoned]]
+    ctx = mp.get_context("spawn")  # a fresh interpreter per rank, as Ray gives each learner actor
+    procs = [ctx.Process(target=_rank_main, args=(r, small_model_dir, shards, bad_shards, str(tmp_path)))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
+    out = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    single = Learner(small_model_dir, LearnerConfig(backend="torch", lr=1e-3, kl_coef=0.01, micro_batch_tokens=10_000),
+                     seed=0)
+    m = single.update(samples)
+    # the gradient norm (before clipping) is that of the whole batch's token mean on both ranks
+    for r in range(2):
+        assert out[r]["good"]["learner/grad_norm"] == pytest.approx(m["learner/grad_norm"], rel=1e-4)
+    for name, p in single.model.named_parameters():
+        torch.testing.assert_close(out[0]["weights"][name], p.detach(), atol=2e-6, rtol=1e-4)
+        assert torch.equal(out[0]["weights"][name], out[1]["weights"][name])
+    assert [o["bad"]["learner/skipped_nonfinite"] for o in out] == [1.0, 1.0] and all(o["unchanged"] for o in out)

@@ -579,3 +579,26 @@ def test_update_library_compacts_every_n_iterations(tmp_path, pylance):
     assert set(lib.tags()) == {"iter-1", "iter-2", "iter-3", "iter-4"}
     assert [lib.checkout(f"iter-{it}").size() for it in (1, 2, 3, 4)] == [2, 4, 6, 8]
     assert {v["version"] for v in lib._tbl.list_versions()} == set(lib.tags().values()) | {lib.version}
+
+
+def test_nonfinite_utilities_are_refused_and_nothing_is_written(lib):
+    a, b = add(lib, drafts(2), np.stack([axis(0), axis(1)]), initial_utility=0.5).accepted
+    v = lib.version
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="initial utility must be finite"):
+            add(lib, drafts(1, "n"), axis(2)[None], initial_utility=bad)
+        with pytest.raises(ValueError, match=f"skill {b}: outcomes .* non-finite utility"):
+            lib.update_utilities({a: [1.0], b: [bad]}, alpha=0.5)  # a's valid update is not written either
+    for alpha in (math.nan, 0.0, 1.5):
+        with pytest.raises(ValueError, match="alpha must be in"):
+            lib.update_utilities({a: [1.0]}, alpha=alpha)
+    assert lib.version == v and [(s.utility, s.uses) for s in lib.get([a, b])] == [(0.5, 0), (0.5, 0)]
+
+
+def test_open_without_create_refuses_a_directory_that_is_not_a_library(tmp_path):
+    from skill1.library import LibraryNotFound
+
+    (tmp_path / "notes.txt").write_text("not a library")
+    with pytest.raises(LibraryNotFound, match="is not a skill library"):
+        SkillLibrary.open(str(tmp_path), ENC, DIM, create=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # no table was written into it

@@ -306,3 +306,46 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("ls", "show", "search", "diff", "restore", "export"):
         assert cmd in out
+
+
+# ---- what a run directory may hold: not a library, terminal escapes, another encoder ------------------------------
+def test_reading_commands_never_create_a_table_where_there_is_no_library(tmp_path, capsys):
+    run = tmp_path / "notalib"
+    (run / "library").mkdir(parents=True)
+    (run / "library" / "notes.txt").write_text("someone's files, not a LanceDB table")
+    save_config(load_config(None, []), run / "config.yaml")
+    for cmd in (["ls"], ["show"], ["export"]):
+        assert_one_line_error(*run_cli(capsys, "library", *cmd, "--run", run), "is not a skill library")
+    assert [p.name for p in (run / "library").iterdir()] == ["notes.txt"]
+
+
+def test_skill_text_reaches_the_terminal_without_control_sequences(fresh, capsys, encoder):
+    from skill1.library import SkillLibrary
+
+    run, _ = fresh
+    lib = SkillLibrary.open(str(run / "library"), encoder.name, encoder.dim)
+    evil = SkillDraft("heat \x1b[2J\x1b]0;pwned\x07an egg\x9b31m", "open \x1b[31mthe\x1b[0m microwave\u202e\x07")
+    lib.add([evil], encoder.encode([evil.scenario]), iteration=3, source_tasks=["t"], source_episodes=["e"],
+            initial_utility=9.0)  # the top skill: shown first
+    lib.tag("iter-3")  # (LanceDB allows only [A-Za-z0-9._-] in tag names)
+    outputs = [run_cli(capsys, "library", *cmd, "--run", run)[1] for cmd in
+               (["show", "--top", "1"], ["search", "heat an egg", "-k", "1"], ["diff", "iter-2"], ["ls"])]
+    for out in outputs:
+        assert not any(c in out for c in "\x1b\x07\x9b\u202e"), repr(out)
+    assert "heat an egg" in outputs[0] and "open the microwave" in outputs[0] and "iter-3" in outputs[3]
+    assert "\\u001b" in run_cli(capsys, "library", "show", "--top", "1", "--run", run, "--json")[1]  # JSON escapes
+
+
+def test_a_library_of_another_encoder_stops_train_before_ray_starts(tmp_path, capsys):
+    """As `skill1 library` does on open: `train --resume` names both encoders in one line, and no actor starts."""
+    import ray
+
+    from skill1.library import SkillLibrary
+
+    run = tmp_path / "other-encoder-run"
+    run.mkdir()
+    save_config(load_config(None, ["name=other-encoder-run", f"output_dir={tmp_path}"]), run / "config.yaml")
+    SkillLibrary.open(str(run / "library"), "some-other-encoder", 8)
+    assert_one_line_error(*run_cli(capsys, "train", "--resume", run), "library.encoder",
+                          "'some-other-encoder'", "'all-MiniLM-L6-v2'")
+    assert not ray.is_initialized()

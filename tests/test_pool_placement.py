@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from ray_auth import token_env
+
 SCRIPT = r"""
 import json, sys
 import ray
@@ -33,11 +35,11 @@ cluster.shutdown()
 
 
 @pytest.mark.slow
-def test_pools_spread_over_environment_nodes_by_config():
+def test_pools_spread_over_environment_nodes_by_config(tmp_path):
     args = ["name=placement", "env.num_pools=4", "env.num_cpus_per_pool=0.5", "env.pool_resources.env_node=1",
             "env.pool_scheduling=SPREAD"]
     proc = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, timeout=240,
-                          env={**__import__("os").environ, "RAY_AUTH_MODE": "disabled"})
+                          env=token_env(tmp_path))  # token auth on, for every raylet of the cluster
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line, f"no result (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     out = json.loads(line[len("RESULT "):])

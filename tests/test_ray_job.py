@@ -14,12 +14,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 import psutil
 import pytest
+
+from ray_auth import bearer, token_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +63,8 @@ def _stop_head(temp_dir: str) -> None:
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
     dash, metrics, gcs = _free_port(), _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    # token auth on, as README and cluster/README.md tell users to start a head
+    env = {**token_env(temp_dir), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "RAY_metrics_report_interval_ms": "1000"}
     env.pop("RAY_ADDRESS", None)
     subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
@@ -90,6 +94,12 @@ def test_ray_job_submit_trains_on_a_real_head(ray_head, small_model_dir, tmp_pat
     listening = {c.laddr.ip for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == ray_head["dashboard_port"]}
     assert listening == {"127.0.0.1"}, listening
+    # ... and, token auth being on, answers nobody without the token (RAY_AUTH_MODE=disabled: 200, any local user)
+    for headers, code in (({}, 401), ({"Authorization": "Bearer " + "0" * 64}, 403)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{ray_head['address']}/api/jobs/", headers=headers),
+                                   timeout=10)
+        assert refused.value.code == code
 
     sid = f"skill1-test-{uuid.uuid4().hex[:8]}"
     env = {**ray_head["env"], "RAY_ADDRESS": ray_head["address"], "SKILL1_SUBMIT_FLAGS": f"--no-wait --submission-id {sid}"}
@@ -100,7 +110,7 @@ def test_ray_job_submit_trains_on_a_real_head(ray_head, small_model_dir, tmp_pat
         time.sleep(2)
     assert out.returncode == 0, out.stdout + out.stderr
 
-    client = JobSubmissionClient(ray_head["address"])
+    client = JobSubmissionClient(ray_head["address"], headers=bearer(ray_head["env"]))
     gauges, deadline = "", time.monotonic() + 600
     while not (status := client.get_job_status(sid)).is_terminal():
         assert time.monotonic() < deadline, client.get_job_logs(sid)[-3000:]
@@ -126,7 +136,10 @@ def test_ray_job_submit_trains_on_a_real_head(ray_head, small_model_dir, tmp_pat
             "ray_skill1_time_sync_s", "ray_skill1_time_episodes_per_s", "ray_skill1_iteration"} <= names, names
     assert all('run="job"' in line for line in lines)
     # actors carry readable names in the dashboard
-    from ray.util.state import list_actors
-
-    actors = {a.name for a in list_actors(address=ray_head["address"], limit=1000) if a.name}
+    # the state API takes its token from the environment only: ask it as a user would, from a shell with the token
+    names = subprocess.run(
+        [sys.executable, "-c", "import sys; from ray.util.state import list_actors; "
+         "print('\\n'.join(a.name for a in list_actors(address=sys.argv[1], limit=1000) if a.name))",
+         ray_head["address"]], env=ray_head["env"], capture_output=True, text=True, timeout=120)
+    actors = set(names.stdout.split())
     assert {"job:sampler-0", "job:learner-0", "job:rollout-worker", "job:env-pool-0"} <= actors, actors

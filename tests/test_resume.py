@@ -19,6 +19,8 @@ import torch
 
 from skill1.config import load_config
 
+from ray_auth import token_env
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["eval_at_ends=false", "eval_every=0", "rollout.backend=scripted", "algorithm.tasks_per_iteration=2", "algorithm.group_size=2", "env.max_steps=3",
@@ -31,7 +33,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def _env() -> dict:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env = {**token_env(), "HF_HUB_OFFLINE": "1"}  # the local Ray of `skill1 train` keeps token auth on
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):  # left by in-process learners
         env.pop(key, None)
     return env

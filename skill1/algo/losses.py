@@ -5,6 +5,8 @@
     pg_t     = -w_t * min(ratio_t A_t, clip(ratio_t, 1-eps, 1+eps) A_t)
     kl_t     = exp(ref_t - logp_t) - (ref_t - logp_t) - 1    (k3, low variance, >= 0)
     loss     = sum_t mask_t (pg_t + beta kl_t) / num_tokens           token-mean over the mini-batch
+    (with N data-parallel ranks the learner passes num_tokens = all ranks' tokens / N: DeepSpeed then averages
+     the ranks' gradients into the token mean of the whole mini-batch)
 
 Synchronous on-policy training has prox = behav, so w = 1.
 """

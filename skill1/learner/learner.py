@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import random
 import socket
@@ -20,8 +21,11 @@ from skill1.algo.losses import ppo_clip_loss
 from skill1.config import LearnerConfig
 from skill1.learner.batching import MicroBatch, collate, split_by_token_budget
 from skill1.learner.forward import response_logprobs
+from skill1.learner.safe_load import load as safe_load
+from skill1.learner.safe_load import weights_only_deepspeed
 from skill1.learner.weight_sync import (CollectiveChannel, WeightsLayout, cuda_ipc_handle, digest, flat_weights,
-                                        layout_of, pack_state)
+                                        gloo_on_loopback, is_loopback, keep_collectives_on_loopback, layout_of,
+                                        pack_state)
 from skill1.models.tiny import load_policy
 from skill1.types import TrainSample, WeightsPacket
 
@@ -44,6 +48,8 @@ def join_learner_group(rank: int, world: int, store_host: str, store_port: int, 
     for key, value in (("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", 0), ("MASTER_ADDR", store_host),
                        ("MASTER_PORT", store_port)):
         os.environ[key] = str(value)  # Ray gives each rank its own GPU: it is always local device 0
+    if is_loopback(store_host):  # one machine: gloo/NCCL listen on loopback too, not the hostname's address
+        keep_collectives_on_loopback()
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=store, rank=rank,
                             world_size=world, timeout=timeout)
 
@@ -56,9 +62,15 @@ def deepspeed_engine(model: torch.nn.Module, cfg: LearnerConfig, bf16: bool):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch.distributed as dist
 
+    restore_gloo = lambda: None  # noqa: E731
     if not dist.is_initialized():  # one rank on its own: its own fresh rendezvous, whatever the env inherited
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0",
                           WORLD_SIZE="1")
+        # no peer to meet: an in-memory store, where DeepSpeed's env:// init would open a TCPStore on every
+        # interface (MASTER_* stay set: DeepSpeed checks for them and names its shared memory after them);
+        # gloo on loopback until the engine is built (a weight channel opened later picks its own interface)
+        restore_gloo = gloo_on_loopback()
+        dist.init_process_group("nccl" if on_gpu else "gloo", store=dist.HashStore(), rank=0, world_size=1)
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
@@ -76,12 +88,26 @@ def deepspeed_engine(model: torch.nn.Module, cfg: LearnerConfig, bf16: bool):
     }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
                                       config=ds_config)
+    restore_gloo()
     return engine
+
+
+class NonFiniteUpdates(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient (`learner.max_nonfinite_skips`)."""
+
+
+def _grad_norm(model: torch.nn.Module) -> float:
+    """2-norm of the gradients held in `.grad` (inf or NaN when any of them is)."""
+    grads = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
 
 
 class Learner:
     """One learner rank. With `world > 1` the ranks are data parallel: each gets a shard of every batch and
-    DeepSpeed averages their gradients; rank 0's weights are the ones synced to samplers and saved."""
+    DeepSpeed averages their gradients (the loss is normalised by the token count of all ranks, so 1 and N
+    ranks give the same gradient); rank 0's weights are the ones synced to samplers and saved. A step whose
+    loss or gradient is not finite is skipped on every rank (`learner/skipped_nonfinite`), and
+    `learner.max_nonfinite_skips` of them in a row stop the run."""
 
     def __init__(self, model_path: str, cfg: LearnerConfig, *, dtype: str = "float32", temperature: float = 1.0,
                  seed: int = 0, rank: int = 0, world: int = 1, store: tuple[str, int] | None = None):
@@ -106,6 +132,7 @@ class Learner:
             self.model = model
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.version = 0
+        self.nonfinite_in_a_row = 0  # skipped optimizer steps since the last finite one (across updates)
 
     def update(self, samples: list[TrainSample], recompute_proximal: bool = False) -> dict[str, float]:
         """ppo_epochs x mini_batches optimizer steps over `samples`; returns learner metrics.
@@ -116,8 +143,8 @@ class Learner:
         proximal ones (on-policy: the synchronous algorithm)."""
         if not samples and self.world == 1:  # still a policy version: every version number means one update call
             self.version += 1
-            return {"learner/steps": 0.0, "learner/version": float(self.version)}
-        start, totals, steps, tokens = time.perf_counter(), {}, 0, 0
+            return {"learner/steps": 0.0, "learner/skipped_nonfinite": 0.0, "learner/version": float(self.version)}
+        start, totals, steps, tokens, skipped = time.perf_counter(), {}, 0, 0, 0
         pad, self._is_max = self.tokenizer.pad_token_id, 0.0
         staleness = [self.version - s.policy_version for s in samples] or [0]
         if recompute_proximal:
@@ -129,19 +156,39 @@ class Learner:
             for mini in self._mini_batches(order):
                 micro = [collate(g, pad) for g in split_by_token_budget(mini, self.cfg.micro_batch_tokens)]
                 num_tokens = sum(mb.num_tokens for mb in micro)
+                # a token mean over the mini-batch of all ranks together: DeepSpeed averages the ranks'
+                # gradients (divides by world), so each rank divides its token sum by global tokens / world;
+                # a per-rank token mean would weigh a token of a rank with few tokens more
+                denom = max(self._all_ranks_sum(num_tokens), 1) / self.world
                 if not micro:  # this rank's shard ran out: join the gradient all-reduce with zeros
                     self._empty_step()
+                step_totals, finite = {}, True
                 for j, mb in enumerate(micro):
-                    stats = self._micro_step(mb, num_tokens, boundary=j == len(micro) - 1)
-                    for k, v in stats.items():
-                        totals[k] = totals.get(k, 0.0) + v * mb.num_tokens
-                grad_norm = self._optimizer_step()
+                    stats = self._micro_step(mb, denom, boundary=j == len(micro) - 1)
+                    finite = finite and stats is not None
+                    for k, v in (stats or {}).items():
+                        step_totals[k] = step_totals.get(k, 0.0) + v * mb.num_tokens
+                grad_norm = self._optimizer_step(finite)
+                if grad_norm is None:  # skipped: nothing of this mini-batch reached the weights or the metrics
+                    skipped += 1
+                    self.nonfinite_in_a_row += 1
+                    if self.nonfinite_in_a_row >= self.cfg.max_nonfinite_skips:
+                        raise NonFiniteUpdates(
+                            f"learner: {self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
+                            f"gradient (learner.max_nonfinite_skips={self.cfg.max_nonfinite_skips}); the weights are "
+                            f"those of the last finite step (policy version {self.version}). Lower learner.lr or "
+                            f"check the rewards and log-probs of the batch")
+                    continue
+                self.nonfinite_in_a_row = 0
+                for k, v in step_totals.items():
+                    totals[k] = totals.get(k, 0.0) + v
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm * num_tokens
                 steps, tokens = steps + 1, tokens + num_tokens
         self.version += 1
         elapsed = time.perf_counter() - start
         metrics = {f"learner/{k}": v / max(tokens, 1) for k, v in totals.items()}
-        metrics.update({"learner/steps": float(steps), "learner/tokens": float(tokens),
+        metrics.update({"learner/steps": float(steps), "learner/skipped_nonfinite": float(skipped),
+                        "learner/tokens": float(tokens),
                         "learner/tokens_per_s": tokens / elapsed, "learner/update_s": elapsed,
                         "learner/ranks": float(self.world),
                         "learner/proximal_s": prox_s, "learner/version": float(self.version),
@@ -181,7 +228,30 @@ class Learner:
         self.engine.set_gradient_accumulation_boundary(True)
         self.engine.backward(zero, scale_wrt_gas=False)
 
-    def _micro_step(self, mb: MicroBatch, num_tokens: int, boundary: bool) -> dict[str, float]:
+    def _all_ranks_sum(self, n: int) -> int:
+        if self.world == 1:
+            return n
+        import torch.distributed as dist
+
+        total = torch.tensor([n], dtype=torch.int64, device=self.device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return int(total.item())
+
+    def _all_ranks_agree(self, applied: bool) -> bool:
+        """Every rank must take or skip a step together, or their weights part ways for good."""
+        if self.world == 1:
+            return applied
+        import torch.distributed as dist
+
+        flags = torch.tensor([int(applied), int(not applied)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+        if int(flags[0]) not in (0, self.world):
+            raise RuntimeError(f"learner rank {self.rank}: {int(flags[0])} of {self.world} ranks applied an optimizer "
+                               f"step the others skipped as non-finite; their weights now differ")
+        return applied
+
+    def _micro_step(self, mb: MicroBatch, denom: float, boundary: bool) -> dict[str, float] | None:
+        """Forward + backward of one micro-batch; None when its loss is not finite (the step will be skipped)."""
         logp = response_logprobs(self.model, mb, self.temperature)
         with torch.no_grad():
             ref_logp = response_logprobs(self.reference, mb, self.temperature) if self.cfg.kl_coef > 0 else None
@@ -189,26 +259,54 @@ class Learner:
         out = ppo_clip_loss(logp, mb.old_logprobs.to(self.device), mb.advantages.to(self.device),
                             torch.ones_like(logp), ref_logp=ref_logp, proximal_logp=prox,
                             clip_eps=self.cfg.clip_eps, kl_coef=self.cfg.kl_coef, is_cap=self.cfg.is_cap,
-                            num_tokens=num_tokens)
-        self._is_max = max(self._is_max, out.is_weight_max)
+                            num_tokens=denom)
+        finite = bool(torch.isfinite(out.loss))
         if self.engine is not None:
+            # DeepSpeed's backward is collective (gradient hooks, the boundary all-reduce): it must still run.
+            # A non-finite loss goes in times NaN: NaN gradients, whatever the loss, so the step skips below.
+            loss = out.loss if finite else out.loss * math.nan
             self.engine.set_gradient_accumulation_boundary(boundary)
-            self.engine.backward(out.loss, scale_wrt_gas=False)
-        else:
+            self.engine.backward(loss, scale_wrt_gas=False)
+        elif finite:
             out.loss.backward()
+        if not finite:
+            return None
+        self._is_max = max(self._is_max, out.is_weight_max)
         return {"pg_loss": out.pg_loss, "kl": out.kl, "clip_frac": out.clip_frac,
                 "is_weight": out.is_weight_mean, "is_truncated_frac": out.is_truncated_frac,
-                "loss": out.loss.item() * num_tokens / mb.num_tokens}
+                "loss": out.loss.item() * denom / mb.num_tokens}
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self, finite: bool) -> float | None:
+        """One optimizer step; the gradient norm, or None when it was skipped because the loss (`finite`
+        False) or the gradient was not finite: a NaN never reaches the weights, the optimizer's moments or a
+        checkpoint, and every rank skips the same steps."""
         if self.engine is not None:
-            self.engine.step()
-            norm = self.engine.get_global_grad_norm()
-            return float(norm) if norm is not None else 0.0
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        self.optimizer.step()
+            if hasattr(self.engine.optimizer, "overflow"):
+                # ZeRO-1/2/3 and the bf16 optimizer skip a step whose global (all-reduced) gradient norm is
+                # inf/NaN themselves, on every rank alike
+                self.engine.step()
+                applied = self.engine.was_step_applied()
+                norm = self.engine.get_global_grad_norm()
+            else:
+                # ZeRO-0 in fp32 steps a plain torch optimizer, which checks nothing; its gradients are whole and
+                # already all-reduced at the boundary, so each rank reads the same verdict from them
+                norm = _grad_norm(self.model)
+                applied = math.isfinite(norm)
+                if applied:
+                    self.engine.step()
+                else:
+                    self.engine.zero_grad()
+            norm = float(norm) if norm is not None else 0.0
+            if self._all_ranks_agree(applied) and not (finite and math.isfinite(norm)):  # never expected: stop
+                raise RuntimeError(f"learner rank {self.rank}: DeepSpeed applied a step with a non-finite loss or "
+                                   f"gradient (norm {norm}); stopping before these weights are saved")
+            return norm if applied else None
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+        applied = finite and math.isfinite(norm)
+        if applied:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm if applied else None
 
     def _gathered(self):
         """ZeRO-3 shards parameters across ranks: gather them to read whole weights."""
@@ -266,17 +364,18 @@ class Learner:
         """The other half of `save_state`; returns the policy version it continues from. The reference
         model is not in it: it stays the frozen initial policy this learner was built from."""
         if self.engine is not None:
-            path, client = self.engine.load_checkpoint(in_dir, tag="state", load_optimizer_states=True,
-                                                       load_lr_scheduler_states=True)
+            with weights_only_deepspeed(self.engine):  # a run dir is data: nothing in it may run code
+                path, client = self.engine.load_checkpoint(in_dir, tag="state", load_optimizer_states=True,
+                                                           load_lr_scheduler_states=True)
             if path is None:
                 raise FileNotFoundError(f"no DeepSpeed checkpoint 'state' under {in_dir}")
             self.version = int(client["version"])
         else:
-            state = torch.load(os.path.join(in_dir, "torch_state.pt"), map_location=self.device, weights_only=False)
+            state = safe_load(os.path.join(in_dir, "torch_state.pt"), map_location=self.device)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.version = int(state["version"])
-        rng = torch.load(os.path.join(in_dir, f"rng-rank{self.rank}.pt"), weights_only=False)
+        rng = safe_load(os.path.join(in_dir, f"rng-rank{self.rank}.pt"))
         self.rng.setstate(rng["python"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():

@@ -7,6 +7,9 @@ The transports at the end of this module (collective broadcast, CUDA IPC) move t
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 import warnings
 from dataclasses import dataclass
 
@@ -64,6 +67,78 @@ def load_packet(model: torch.nn.Module, packet: WeightsPacket) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Rendezvous sockets (learner ranks, collective weight sync). torch's TCPStore server listens on every
+# interface ("*:port") whatever host it is given, and has no authentication; gloo (and NCCL's bootstrap) listen
+# on the address the hostname resolves to, a LAN address on most machines. So on one machine everything meets
+# on loopback, and on a cluster a store listens on the node's own address only (cluster/README.md: ports).
+
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve_store(host: str, port: int = 0, world: int | None = None, timeout_s: float = 900,
+                wait_for_workers: bool = False):
+    """A TCPStore server on `host` alone: we bind the socket and hand torch its descriptor (`master_listen_fd`),
+    since torch's own bind ignores the host. Port 0 picks a free port (read `.port`) with no pick-then-bind race."""
+    import datetime
+
+    import torch.distributed as dist
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    bound, fd = sock.getsockname()[1], sock.detach()  # the store owns the descriptor from here on
+    try:
+        return dist.TCPStore(host, bound, world, True, datetime.timedelta(seconds=timeout_s),
+                             wait_for_workers=wait_for_workers, master_listen_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def loopback_interface() -> str:
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == LOOPBACK for a in addrs):
+            return name
+    return "lo"
+
+
+def keep_collectives_on_loopback() -> None:
+    """Single-machine run: gloo's and NCCL's sockets on loopback too, for every group this process forms from
+    now on (torch reads these at each group's creation; NCCL picks its interface once per process). Overrides a
+    value inherited from the environment."""
+    iface = loopback_interface()
+    os.environ["GLOO_SOCKET_IFNAME"] = iface
+    os.environ["NCCL_SOCKET_IFNAME"] = iface
+
+
+def gloo_on_loopback():
+    """gloo groups formed from now on listen on loopback, until the returned function restores the previous
+    setting. For a process that does not know yet whether it will later join peers on other machines."""
+    before = os.environ.get("GLOO_SOCKET_IFNAME")
+    os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
+        else:
+            os.environ["GLOO_SOCKET_IFNAME"] = before
+
+    return restore
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Transports. The object store (above: one packet, one call per sampler) works everywhere. On GPUs the same
 # flat buffer goes learner -> samplers by a collective broadcast in a process group of its own (NCCL across
 # GPUs, disaggregated; gloo on CPU, which is how it is tested here), or, for a sampler on the learner's own
@@ -108,7 +183,12 @@ class CollectiveChannel:
         import torch.distributed as dist
 
         self.dist, self.rank, self.bucket_bytes = dist, rank, bucket_bytes
-        store = dist.TCPStore(host, port, world, rank == 0, timeout=datetime.timedelta(seconds=timeout_s))
+        if is_loopback(host):
+            keep_collectives_on_loopback()
+        if rank == 0:
+            store = serve_store(host, port, world, timeout_s, wait_for_workers=True)
+        else:
+            store = dist.TCPStore(host, port, world, False, timeout=datetime.timedelta(seconds=timeout_s))
         store = dist.PrefixStore("skill1-weights", store)
         if backend == "nccl":
             self.pg = dist.ProcessGroupNCCL(store, rank, world)

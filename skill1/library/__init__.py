@@ -15,6 +15,7 @@ _EXPORTS = {
     "resolve_encoder_path": "skill1.library.encoder",
     "AdmissionReport": "skill1.library.store",
     "LibraryEncoderMismatch": "skill1.library.store",
+    "LibraryNotFound": "skill1.library.store",
     "SkillLibrary": "skill1.library.store",
     "skill_schema": "skill1.library.store",
 }
@@ -22,7 +23,8 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from skill1.library.encoder import DEFAULT_ENCODER, Encoder, resolve_encoder_path
-    from skill1.library.store import AdmissionReport, LibraryEncoderMismatch, SkillLibrary, skill_schema
+    from skill1.library.store import (AdmissionReport, LibraryEncoderMismatch, LibraryNotFound, SkillLibrary,
+                                      skill_schema)
 
 
 def __getattr__(name: str) -> Any:

@@ -39,6 +39,10 @@ class LibraryEncoderMismatch(RuntimeError):
     """The table on disk was built with a different encoder (name or dimension) than the caller's."""
 
 
+class LibraryNotFound(FileNotFoundError):
+    """`open(..., create=False)` on a directory that holds no skill table."""
+
+
 @dataclass
 class LibraryDiff:
     """What changed between two versions of the library (`SkillLibrary.diff`)."""
@@ -150,6 +154,11 @@ class _Snapshot:
         return self._active_vectors
 
 
+def _iteration(tag: str) -> int | None:
+    """k of the trainer's `iter-k` tags; None for any other name."""
+    return int(tag[5:]) if tag.startswith("iter-") and tag[5:].isdigit() else None
+
+
 class SkillLibrary:
     """A LanceDB-backed skill table; `checkout` gives read-only views pinned at an old version.
 
@@ -189,11 +198,16 @@ class SkillLibrary:
 
     # ---- opening and versions -----------------------------------------------------------------
     @classmethod
-    def open(cls, path: str, encoder_name: str, dim: int, table: str = "skills") -> SkillLibrary:
+    def open(cls, path: str, encoder_name: str, dim: int, table: str = "skills", *,
+             create: bool = True) -> SkillLibrary:
+        """The library at `path`; `create=False` (readers such as `skill1 library`): a directory without a
+        skill table raises `LibraryNotFound` instead of getting an empty table written into it."""
         db = lancedb.connect(path, read_consistency_interval=timedelta(0))  # always see other writers
         try:
             tbl = db.open_table(table)
         except ValueError:  # not found: create it (a racing creator may win; then open theirs)
+            if not create:
+                raise LibraryNotFound(f"{path} is not a skill library (it holds no table {table!r})") from None
             try:
                 tbl = db.create_table(table, schema=skill_schema(encoder_name, dim))
             except ValueError:
@@ -254,8 +268,16 @@ class SkillLibrary:
         them again) and, when the head moved since, the tagged rows become the head (a new version, so the
         rolled-back writes stay inspectable by version number until compaction). Returns the deleted tags."""
         self._check_writable("rollback")
-        target = self._resolve(tag)
-        later = sorted((name for name, v in self.tags().items() if v > target), key=lambda n: self.tags()[n])
+        target, tags = self._resolve(tag), self.tags()
+
+        def after(name: str, version: int) -> bool:
+            # an iteration that wrote nothing (grpo, no valid skill) tags the same version as the one before:
+            # its tag is later by number, not by version, and the resumed iteration makes it again
+            if version != target:
+                return version > target
+            return _iteration(name) is not None and _iteration(tag) is not None and _iteration(name) > _iteration(tag)
+
+        later = sorted((n for n, v in tags.items() if after(n, v)), key=lambda n: (tags[n], _iteration(n) or 0, n))
         for name in later:
             self._tbl.tags.delete(name)
         if self.version != target:
@@ -542,6 +564,8 @@ class SkillLibrary:
         active = snap.active_idx
         if initial_utility is None:
             initial_utility = float(np.mean([snap.rows[i]["utility"] for i in active])) if len(active) else 0.0
+        if not np.isfinite(initial_utility):  # a NaN utility would rank, evict and checkpoint as garbage
+            raise ValueError(f"add: initial utility must be finite, got {initial_utility}")
         reasons: list[str | None] = []
         for i, draft in enumerate(drafts):
             scenario, strategy = (draft.scenario or "").strip(), (draft.strategy or "").strip()
@@ -609,6 +633,8 @@ class SkillLibrary:
     def update_utilities(self, outcomes: dict[str, list[float]], alpha: float) -> int:
         """EMA each skill's utility over its outcomes in order; uses += len, wins += count(r >= 1). One write."""
         self._check_writable("update utilities")
+        if not 0 < alpha <= 1:  # also False for NaN
+            raise ValueError(f"update_utilities: alpha must be in (0, 1], got {alpha}")
         snap = self._snapshot()
         missing = [sid for sid in outcomes if sid not in snap.by_id]
         if missing:
@@ -619,6 +645,9 @@ class SkillLibrary:
                 continue
             row = dict(snap.rows[snap.by_id[sid]])
             row["utility"] = ema_update(row["utility"], rs, alpha)
+            if not np.isfinite(row["utility"]):  # checked before the one write: nothing of the call lands
+                raise ValueError(f"update_utilities: skill {sid}: outcomes {list(rs)} give a non-finite utility "
+                                 f"({row['utility']}); refused")
             row["uses"] += len(rs)
             row["wins"] += sum(1 for r in rs if r >= 1.0)
             rows.append(row)

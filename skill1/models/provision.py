@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from skill1.config import ModelConfig, Skill1Config
+from skill1.run_dir import MODEL_MARKER, DirLock, check_model_dir_replaceable
 
 TOKENIZER_CORPUS_TASKS = 200
 
@@ -50,13 +51,26 @@ def ensure_policy(cfg: ModelConfig, force: bool = False, settings=None) -> str:
             f"model.path: no model at {path} (expected a Hugging Face model dir with config.json); "
             "run `skill1 model init-tiny --out <dir>` or point model.path at e.g. Qwen2.5-7B-Instruct")
     from skill1.agent.episode import EpisodeSettings
+
+    settings = settings or EpisodeSettings.from_config(Skill1Config(), training=True)
+    # never over something we did not build (a folder of models, `--out ..`), one builder at a time
+    check_model_dir_replaceable(path)
+    with DirLock(path, "tiny-model build"):
+        if (path / "config.json").is_file() and not force:  # another build finished since the check above
+            return str(path)
+        _build(cfg, path, settings)
+    return str(path)
+
+
+def _build(cfg: ModelConfig, path: Path, settings) -> None:
     from skill1.models.tiny import TinyModelSpec, count_parameters, init_tiny_model, load_policy
     from skill1.models.warm_start import warm_start
 
-    settings = settings or EpisodeSettings.from_config(Skill1Config(), training=True)
-    # build beside the target and rename at the end: a crash never leaves a half-written model dir
+    # build beside the target and rename at the end: a crash never leaves a half-written model dir; the
+    # debris of crashed builds (we hold the lock: no other build is running) goes first
+    for debris in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(debris, ignore_errors=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     heads = cfg.hidden_size // cfg.head_dim
     spec = TinyModelSpec(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=heads,
@@ -76,8 +90,8 @@ def ensure_policy(cfg: ModelConfig, force: bool = False, settings=None) -> str:
                                  batch_size=cfg.warm_start_batch, num_tasks=cfg.warm_start_tasks,
                                  dagger_steps=cfg.warm_start_dagger_steps, dagger_tasks=cfg.warm_start_dagger_tasks))
         model.save_pretrained(str(tmp))
-    (tmp / "skill1_provenance.json").write_text(json.dumps(report, indent=2))
+    (tmp / MODEL_MARKER).write_text(json.dumps(report, indent=2))  # last: marks the dir as one we built
     if path.exists():
+        check_model_dir_replaceable(path)  # still ours (or empty) now that the build is done
         shutil.rmtree(path)
     os.replace(tmp, path)
-    return str(path)
