@@ -340,15 +340,16 @@ def _prepare_resume(cfg: Skill1Config) -> Checkpoint:
 def train(cfg: Skill1Config, resume: bool = False, restart: bool = False) -> TrainResult:
     """Train `cfg`; `resume=True` continues its run dir from the newest checkpoint instead of starting anew;
     `restart=True` starts a run dir of ours over (a retried job whose first attempt saved no checkpoint)."""
+    # before anything starts or is written: missing benchmark data is one clear error, not a crash in an actor
+    task_source = make_task_source(cfg.env.name, **cfg.env.source_options())
+    sampler_python(cfg)  # a missing vLLM install is a one-line error too
     # one process per run dir, for the whole run: a second quickstart or --resume is one line naming the holder
     with DirLock(cfg.run_dir, "skill1 train"):
-        return _train_locked(cfg, resume, restart)
+        return _train_locked(cfg, resume, restart, task_source)
 
 
-def _train_locked(cfg: Skill1Config, resume: bool, restart: bool) -> TrainResult:
-    # before anything starts: missing benchmark data is one clear error, not a crash inside an actor
-    task_source, a = make_task_source(cfg.env.name, **cfg.env.source_options()), cfg.algorithm.effective()
-    sampler_python(cfg)  # a missing vLLM install is a one-line error too
+def _train_locked(cfg: Skill1Config, resume: bool, restart: bool, task_source) -> TrainResult:
+    a = cfg.algorithm.effective()
     if resume:  # a library built with another encoder: one line before Ray starts, as in `skill1 library`
         from skill1.library.probe import check_library_encoder
 
