@@ -428,3 +428,13 @@ def test_a_user_facing_error_raised_in_an_actor_is_one_line(monkeypatch, capsys)
     assert cli.main(["train"]) == 2
     err = capsys.readouterr().err
     assert err == "error: learner: 3 updates in a row had a non-finite loss or gradient\n"
+
+
+def test_a_second_first_time_model_build_is_refused_while_one_runs(tmp_path):
+    from skill1.models.provision import ensure_policy
+
+    target = tmp_path / "models" / "tiny"
+    with DirLock(target, "tiny-model build"):  # another process building it now
+        with pytest.raises(OwnershipError, match="in use by another tiny-model build"):
+            ensure_policy(ModelConfig(path=str(target)))
+    assert not target.exists()
