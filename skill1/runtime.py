@@ -77,11 +77,10 @@ class SamplerHost:
         self.channel, self.layout = CollectiveChannel(host, port, rank, world, backend, bucket_bytes), layout
 
     def weights_digest(self) -> str | None:
-        """sha256 of this sampler's weights (None for a backend without a local model, e.g. scripted)."""
-        from skill1.learner.weight_sync import digest, flat_weights
-
-        model = getattr(self.sampler, "model", None)
-        return digest(flat_weights(model)) if isinstance(model, __import__("torch").nn.Module) else None
+        """sha256 of the weights this sampler holds, as `Learner.weights_digest` hashes its own (the scripted
+        backend: of the last packet it was handed); None for a backend that keeps no copy to hash (vLLM)."""
+        held = getattr(self.sampler, "weights_digest", None)
+        return held() if held is not None else None
 
     def receive_weights(self, version: int) -> int:
         """The other end of the learner's `broadcast_weights`: one buffer, filled in place, then loaded."""
@@ -188,6 +187,14 @@ class Fleet:
         packet, others = self._read("get_weights")  # one object-store put, one call per sampler
         self.worker.set_weights_source.remote([packet])  # what a restarted sampler loads to rejoin
         return [s.load_weights.remote(packet) for s in self.samplers], others
+
+    def weights_digests(self) -> tuple[str, list[str | None]]:
+        """sha256 of the learner's weights and of every sampler's (`SamplerHost.weights_digest`): once a sync
+        has completed, each sampler's equals the learner's unless the sync lost bits."""
+        learner, others = self._read("weights_digest")
+        samplers = ray.get([s.weights_digest.remote() for s in self.samplers])
+        ray.get(others)
+        return ray.get(learner), samplers
 
     def heal(self, samplers_restarted: bool) -> None:
         """After a sampler restart the collective group lacks that rank: form it again before a broadcast."""

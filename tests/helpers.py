@@ -38,3 +38,24 @@ def drive(task: Task, tokenizer, settings: EpisodeSettings, policy: Callable[[Ge
             request = gen.send(result)
         except StopIteration as stop:
             return stop.value, requests
+
+
+def record_weight_syncs(monkeypatch, syncs: list, before: Callable | None = None) -> None:
+    """Every weight sync of a run in this process (`Fleet.push_weights`, both schedules) completes before it
+    returns, then appends (version, learner digest, sampler digests) to `syncs`: read while nothing else
+    can change the weights. `before(fleet, version)`, if given, runs first (what the samplers hold before it)."""
+    import ray
+
+    from skill1.runtime import Fleet
+
+    push = Fleet.push_weights
+
+    def push_then_read(fleet, version: int):
+        if before is not None:
+            before(fleet, version)
+        acks, others = push(fleet, version)
+        ray.get([*acks, *others])
+        syncs.append((version, *fleet.weights_digests()))
+        return acks, others
+
+    monkeypatch.setattr(Fleet, "push_weights", push_then_read)

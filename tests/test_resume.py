@@ -1,7 +1,7 @@
 """Crash and resume, as a user meets them: `skill1 train` killed with -9 or stopped with SIGTERM mid-run, then
 `skill1 train --resume <run dir>`. No episode is trained twice, the library goes back to the checkpoint's tag,
 metrics continue, and a resumed synchronous run ends where an uninterrupted one does, bit for bit. Plus: a
-sampler actor killed mid-iteration is restarted and the run completes."""
+sampler actor killed mid-iteration is restarted, rejoins with the current weights, and the run completes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 
 from skill1.config import load_config
 
+from helpers import record_weight_syncs
 from ray_auth import token_env
 
 pytestmark = pytest.mark.slow
@@ -114,7 +115,8 @@ def wandb_parent():
 
 def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_unbroken_run(small_model_dir,
                                                                                            tmp_path, monkeypatch,
-                                                                                           wandb_parent):
+                                                                                           wandb_parent,
+                                                                                           local_ray):
     common = ["--config", "pipelines/configs/quickstart.yaml", f"output_dir={tmp_path}", f"model.path={small_model_dir}",
               "rollout.mode=sync", "learner.backend=deepspeed", "algorithm.iterations=4", "save_every=2", *BASE]
     run = tmp_path / "crash"
@@ -141,9 +143,22 @@ def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_un
     assert [m["step"] for m in _lines(run / "metrics.jsonl")] == [1, 2]
     assert [t["iteration"] for t in _lines(run / "trained.jsonl")] == [1, 2]
 
-    # and on to the end
-    rc = _run(_cli("--resume", str(run), "algorithm.iterations=4"), tmp_path / "r1.log")  # config.yaml says 2 now
-    assert rc == 0, (tmp_path / "r1.log").read_text()[-3000:]
+    # and on to the end, in this process (config.yaml says 2 now), reading every weight sync: right after the
+    # resume's, each sampler holds the checkpoint's policy (the scripted sampler generates without weights:
+    # its digest is what shows that a resumed sampler would generate from the resumed policy)
+    from skill1.cli import build_parser, train_config
+    from skill1.trainer import train
+
+    checkpointed = _digest(run / "checkpoints" / "iter-2" / "policy")
+    syncs: list = []
+    monkeypatch.delenv("WANDB_SERVICE")  # that parent's service is for the command-line runs
+    record_weight_syncs(monkeypatch, syncs)
+    cfg, mode = train_config(build_parser().parse_args(
+        ["train", "--resume", str(run), "algorithm.iterations=4", "logging.wandb_mode=disabled"]))
+    assert mode is True and train(cfg, resume=True).stopped_at is None
+    assert [v for v, _, _ in syncs] == [2, 3, 4] and syncs[0][1] == checkpointed
+    for _, learner, samplers in syncs:
+        assert samplers == [learner] * cfg.rollout.num_samplers
     ledger = _lines(run / "trained.jsonl")
     assert [t["iteration"] for t in ledger] == [1, 2, 3, 4]
     ids = [e for t in ledger for e in t["episodes"]]
@@ -167,6 +182,13 @@ def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_un
     from skill1.metrics import NAMESPACES
 
     assert {k.split("/")[0] for m in metrics for k in m if k != "step"} <= set(NAMESPACES)
+
+
+def _digest(policy_dir: Path) -> str:
+    from skill1.learner.weight_sync import digest, flat_weights
+    from skill1.models.tiny import load_policy
+
+    return digest(flat_weights(load_policy(str(policy_dir))[0]))
 
 
 def _tags(run: Path) -> dict:
@@ -212,7 +234,10 @@ def test_sigterm_checkpoints_an_async_run_which_resumes_without_losing_or_repeat
     assert max(groups) < 8 + 2 * 2 * 2
 
 
-def test_a_sampler_killed_mid_iteration_is_restarted_and_the_run_completes(local_ray, small_model_dir, tmp_path):
+def test_a_sampler_killed_mid_iteration_is_restarted_and_the_run_completes(local_ray, small_model_dir, tmp_path,
+                                                                            monkeypatch):
+    """Killed in iteration 2, when a weights packet exists: the restarted sampler rejoins holding it (checked
+    before the next sync overwrites it), and every sync leaves each sampler with the learner's weights."""
     import ray
 
     from skill1.trainer import train
@@ -222,23 +247,33 @@ def test_a_sampler_killed_mid_iteration_is_restarted_and_the_run_completes(local
         "learner.backend=torch", "rollout.num_samplers=2", "rollout.num_cpus_per_sampler=0",
         "rollout.scripted_latency_s=0.2", "algorithm.iterations=2", "save_every=0", *BASE,
         "logging.wandb_mode=disabled"])
-    killed = {}
+    syncs, killed, seen = [], {}, {}
+
+    def before_sync(fleet, version: int) -> None:
+        if version == 1:  # iteration 1's rollout is over: how many calls one rollout makes
+            seen["calls"] = ray.get(fleet.worker.stats.remote()).generate_calls
+            return
+        # iteration 2's rollout is over; sampler 1 died in it. Once back it asks for nothing: the worker's
+        # rejoin must have loaded the newest packet (v1) into it, which the sync below would overwrite
+        deadline = time.monotonic() + 120
+        while ray.get(fleet.samplers[1].version.remote()) != 1:
+            assert time.monotonic() < deadline, "the restarted sampler never rejoined with the v1 weights"
+            time.sleep(0.2)
+        seen["rejoined"] = fleet.weights_digests()[1]
+
+    record_weight_syncs(monkeypatch, syncs, before=before_sync)
 
     def killer():
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if not ray.is_initialized():  # train() starts Ray; calling into it first would start another
-                time.sleep(0.2)
-                continue
-            try:
-                sampler = ray.get_actor("killsampler:sampler-1")
-                pid = ray.get(sampler.__ray_call__.remote(lambda self: os.getpid()))
-                break
-            except (ValueError, ray.exceptions.RayError):
-                time.sleep(0.2)
+        while time.monotonic() < deadline and not syncs:  # until the v1 weights are out: into iteration 2
+            time.sleep(0.05)
+        sampler = ray.get_actor("killsampler:sampler-1")
+        pid = ray.get(sampler.__ray_call__.remote(lambda self: os.getpid()))
         worker = ray.get_actor("killsampler:rollout-worker")
-        while ray.get(worker.stats.remote()).generate_calls < 4:  # into the first rollout
-            time.sleep(0.1)
+        # iteration 2's rollout started (its counters begin again) and is under way
+        while not 2 <= ray.get(worker.stats.remote()).generate_calls < seen["calls"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         # both samplers are now answering a call nearly all the time (0.2 s each, re-sent at once)
         os.kill(pid, signal.SIGKILL)
         killed["pid"] = pid
@@ -250,7 +285,13 @@ def test_a_sampler_killed_mid_iteration_is_restarted_and_the_run_completes(local
     assert killed, "the sampler was never killed"
     metrics = _lines(result.metrics_path)
     assert [m["step"] for m in metrics] == [1, 2]
-    assert sum(m["rollout/sampler_restarts"] for m in metrics) == 1
-    assert sum(m["rollout/regenerated"] for m in metrics) >= 1  # its in-flight generations were asked again
+    assert [m["rollout/sampler_restarts"] for m in metrics] == [0, 1]
+    assert metrics[1]["rollout/regenerated"] >= 1  # its in-flight generations were asked again
     assert all(m["env/failed_episodes"] == 0 and m["rollout/episodes"] == 4 for m in metrics)
-    assert [m["policy/version"] for m in metrics] == [1.0, 2.0]  # the restarted sampler got the weights too
+    assert [m["policy/version"] for m in metrics] == [1.0, 2.0]
+    # the weights, not only the version numbers: after each sync every sampler holds the learner's, and the
+    # restarted one held v1's after rejoining, before the v2 sync
+    assert [v for v, _, _ in syncs] == [1, 2]
+    for _, learner, samplers in syncs:
+        assert samplers == [learner] * 2
+    assert seen["rejoined"] == [syncs[0][1]] * 2 and syncs[0][1] != syncs[1][1]

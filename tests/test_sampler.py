@@ -101,3 +101,20 @@ def test_inverse_cdf_sampling_follows_the_distribution():
     torch.testing.assert_close(logps, torch.log(probs)[tokens])
     tokens, _ = sample_next(torch.log(probs).expand(400, 4), 1.0, 0.6, None, gens[:400])
     assert set(tokens.tolist()) <= {0, 1}  # top-p 0.6: only the two most likely tokens
+
+
+@pytest.mark.parametrize("backend", ["hf", "scripted"])
+def test_the_sampler_actor_holds_the_weights_whose_version_it_acknowledges(small_model_dir, backend):
+    """SamplerHost, the sampler actor's body (called in-process here): the version it acknowledges comes with
+    those weights, as its digest shows (the scripted backend keeps the packet it was handed)."""
+    from skill1.learner.weight_sync import digest, flat_weights
+    from skill1.runtime import SamplerHost
+
+    host = SamplerHost(backend, small_model_dir, "float32", 0)
+    other, _ = load_policy(small_model_dir)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05)
+    assert host.weights_digest() != digest(flat_weights(other))
+    assert host.load_weights(pack_state(other, version=4)) == 4 == host.version()
+    assert host.weights_digest() == digest(flat_weights(other))

@@ -210,11 +210,13 @@ class CollectiveChannel:
 
 
 def digest(flat) -> str:
-    """sha256 of a weights buffer: learner and samplers compare it to prove a sync delivered every bit."""
+    """sha256 of a weights buffer (a tensor, or a packet's numpy array: the same bits hash the same): learner
+    and samplers compare it to prove a sync delivered every bit."""
     import hashlib
 
-    t = flat if isinstance(flat, torch.Tensor) else torch.from_numpy(np.asarray(flat))
-    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    if isinstance(flat, torch.Tensor):
+        flat = flat.detach().cpu().contiguous().view(torch.uint8).numpy()
+    return hashlib.sha256(np.ascontiguousarray(flat).tobytes()).hexdigest()  # read-only arrays too (object store)
 
 
 def packet_from_flat(version: int, layout: WeightsLayout, flat: torch.Tensor) -> WeightsPacket:

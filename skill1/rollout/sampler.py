@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from skill1.agent.episode import Generated
-from skill1.learner.weight_sync import load_packet
+from skill1.learner.weight_sync import digest, flat_weights, load_packet
 from skill1.models.tiny import load_policy
 from skill1.types import WeightsPacket
 
@@ -101,6 +101,10 @@ class HFSampler:
     def load_weights(self, packet: WeightsPacket) -> None:
         load_packet(self.model, packet)
         self.version = packet.version
+
+    def weights_digest(self) -> str:
+        """sha256 of the weights it generates with (equal to `Learner.weights_digest` after a sync)."""
+        return digest(flat_weights(self.model))
 
     def generate(self, prompts: list[list[int]], params: SamplingParams,
                  seeds: list[int] | None = None) -> list[Generated]:

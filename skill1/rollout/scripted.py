@@ -14,6 +14,7 @@ import re
 import time
 
 from skill1.agent.episode import Generated
+from skill1.learner.weight_sync import digest
 from skill1.types import WeightsPacket
 
 _ACTIONS = re.compile(r"(?:admissible actions of the current situation are|\nActions): \[(.*)\]\.", re.S)
@@ -32,9 +33,16 @@ class ScriptedSampler:
         self.seed, self.latency_s = seed, latency_s  # latency: a real model's time per call, for plumbing tests
         self.rng = random.Random(seed)
         self.version = 0
+        self.weights = None  # the last packet's buffer: never used to generate, kept for `weights_digest`
 
     def load_weights(self, packet: WeightsPacket) -> None:
+        self.weights = packet.flat
         self.version = packet.version
+
+    def weights_digest(self) -> str | None:
+        """sha256 of the weights it was last handed (None before any): it generates without them, but a sync
+        that did not reach it shows here as it would with a model."""
+        return None if self.weights is None else digest(self.weights)
 
     def generate(self, prompts: list[list[int]], params, seeds: list[int] | None = None) -> list[Generated]:
         if self.latency_s:
