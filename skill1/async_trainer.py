@@ -73,6 +73,11 @@ def library_fresh(queued: int, groups_per_batch: int, max_library_staleness: int
     return queued // groups_per_batch <= max_library_staleness
 
 
+def behaviour_version(episodes: list[Episode]) -> int:
+    """A group is as stale as its oldest episode: the oldest weights that generated for any of it."""
+    return min(e.policy_version for e in episodes)
+
+
 def take_batch(buffer: list[RolloutGroup], learner_version: int,
                ctl: AdmissionController) -> tuple[list[RolloutGroup], list[RolloutGroup], int]:
     """(the B oldest groups within eta of `learner_version` or [] if fewer are fresh, the rest, how many
@@ -179,7 +184,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
                     evaluating = None
                     continue
                 running.discard(int(tag))
-                behaviour = min(e.policy_version for e in episodes)
+                behaviour = behaviour_version(episodes)
                 if ctl.on_finish(learner_version, behaviour):
                     buffer.append(RolloutGroup(int(tag), episodes, behaviour, read_tag.pop(int(tag), formed)))
                 else:

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from skill1.algo.admission import AdmissionController, staleness
-from skill1.async_trainer import take_batch
+from skill1.async_trainer import behaviour_version, take_batch
 from skill1.types import RolloutGroup
 
 
@@ -81,3 +81,16 @@ def test_take_batch_takes_the_oldest_fresh_groups_and_expires_stale_ones():
     assert (ctl.accepted, ctl.dropped) == (4, 1)
     batch, rest, expired = take_batch([_g(7, 2)], learner_version=2, ctl=ctl)
     assert batch == [] and [g.seq for g in rest] == [7] and expired == 0  # fewer than B: wait
+
+
+def test_the_behaviour_version_of_a_group_is_its_oldest_episodes():
+    """Episodes of one group can straddle a weight sync; the group's behaviour version is the oldest, so a
+    group with one episode beyond eta is dropped, not admitted as fresh."""
+    from types import SimpleNamespace
+
+    episodes = [SimpleNamespace(policy_version=v) for v in (5, 3, 4)]
+    assert behaviour_version(episodes) == 3
+    ctl = AdmissionController(1, 1)
+    ctl.on_submit(3)
+    # learner at 5: 5 - 3 = 2 > eta, dropped; stamped with the newest (5) it would have been trained
+    assert not ctl.on_finish(learner_version=5, behaviour_version=behaviour_version(episodes))
