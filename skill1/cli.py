@@ -77,8 +77,7 @@ def _run_config(run: str, overrides: list[str], flag: str = "--run"):
         raise ConfigError(f"{flag}: {run} has no config.yaml (is it a run directory made by skill1 train?)")
     given = {o.lstrip("-").split("=", 1)[0] for o in overrides}
     dropped = [f"{k}=null" for k in UNTRUSTED_RUN_KEYS if k not in given]
-    cfg = load_config(path, [*dropped, *overrides, f"output_dir={run_path.parent}", f"name={run_path.name}"])
-    return cfg
+    return load_config(path, [*dropped, *overrides, f"output_dir={run_path.parent}", f"name={run_path.name}"])
 
 
 def _eval(args) -> None:

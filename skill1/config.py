@@ -495,10 +495,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: Skill1Config, path: str | Path) -> None:
     """Written beside and renamed (a resume rewrites a run's config.yaml: a crash must not tear it)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from skill1.checkpoint import write_atomic
+
+    write_atomic(Path(path), OmegaConf.to_yaml(OmegaConf.structured(cfg)))
