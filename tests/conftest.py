@@ -15,17 +15,36 @@ SMALL = dict(hidden_size=64, num_layers=2, num_heads=1, num_kv_heads=1, intermed
 
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory) -> str:
-    """A random 2-layer Qwen2 with the real Qwen tokenizer: for component tests of sampler/learner."""
+    """A random 2-layer Qwen2 with a small env BPE (Qwen's chat format and special tokens, as the tiny policy
+    has): the model of the component and end-to-end tests. With Qwen's 152k vocabulary the LM head is nearly all
+    of a step at this width: one learner step of 8 x 400 tokens takes ~9 s, against ~0.15 s with this one."""
+    from skill1.agent.episode import EpisodeSettings
+    from skill1.config import Skill1Config
+    from skill1.models.env_tokenizer import train_env_tokenizer
+    from skill1.models.provision import env_corpus
     from skill1.models.tiny import TinyModelSpec, init_tiny_model
 
-    return init_tiny_model(str(tmp_path_factory.mktemp("small-model")), TinyModelSpec(**SMALL))
+    settings = EpisodeSettings.from_config(Skill1Config(), training=True)
+    tok = train_env_tokenizer(env_corpus(settings, num_tasks=30), vocab_size=1024)
+    assert len(tok) >= 700, len(tok)  # tests draw token ids below 700
+    return init_tiny_model(str(tmp_path_factory.mktemp("small-model")), TinyModelSpec(**SMALL), tok)
 
 
 @pytest.fixture(scope="session")
-def tokenizer(small_model_dir):
+def qwen_model_dir(tmp_path_factory) -> str:
+    """The same random model with the real Qwen2.5 tokenizer (what a real run uses): for the tests of
+    tokenizer-specific behaviour (Qwen's token ids, vLLM's stop tokens)."""
+    from skill1.models.tiny import TinyModelSpec, init_tiny_model
+
+    return init_tiny_model(str(tmp_path_factory.mktemp("qwen-model")), TinyModelSpec(**SMALL))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(qwen_model_dir):
+    """Qwen2.5's tokenizer, as a real run has it."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(small_model_dir)
+    return AutoTokenizer.from_pretrained(qwen_model_dir)
 
 
 @pytest.fixture(scope="session")

@@ -106,9 +106,12 @@ def test_eta_zero_reproduces_the_synchronous_run_exactly(ray_local, small_model_
     from skill1.library import Encoder, SkillLibrary
     from skill1.models.tiny import load_policy
 
-    sync, m_sync = _train(small_model_dir, tmp_path, "sync", "rollout.mode=sync")
-    asyn, m_async = _train(small_model_dir, tmp_path, "async0", "rollout.mode=async", "rollout.max_staleness=0")
-    assert len(m_sync) == len(m_async) == 3
+    # two iterations: the second retrieves from the library the first wrote, and trains on weights it synced
+    sync, m_sync = _train(small_model_dir, tmp_path, "sync", "rollout.mode=sync", "algorithm.iterations=2")
+    asyn, m_async = _train(small_model_dir, tmp_path, "async0", "rollout.mode=async", "rollout.max_staleness=0",
+                           "algorithm.iterations=2")
+    assert len(m_sync) == len(m_async) == 2
+    assert m_sync[1]["select/with_candidates"] > 0  # the library really was in the loop
     for a, b in zip(m_sync, m_async):
         assert _algorithmic(a) == _algorithmic(b)  # rewards, credit, losses, grad norms, library: identical
     assert all(m["learner/loss"] != 0 for m in m_sync)  # it really learned something to compare

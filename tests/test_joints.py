@@ -202,8 +202,8 @@ def _true_logprobs(model, prompt: list[int], response: list[int]) -> list[float]
     return [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(response)]
 
 
-UP_PROMPT, UP_RESPONSE = [3000 + 7 * i for i in range(9)], [500, 501, 502, 503]
-DOWN_PROMPT, DOWN_RESPONSE = [9000 + 5 * i for i in range(11)], [700, 701, 702, 703, 704]
+UP_PROMPT, UP_RESPONSE = [200 + 7 * i for i in range(9)], [500, 501, 502, 503]  # ids < 700: the small
+DOWN_PROMPT, DOWN_RESPONSE = [400 + 5 * i for i in range(11)], [600, 601, 602, 603, 604]  # model's vocabulary
 
 
 @pytest.mark.parametrize("backend", ["torch", "deepspeed"])

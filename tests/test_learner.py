@@ -19,7 +19,7 @@ def _samples(n=6, seed=0):
     out = []
     for i in range(n):
         plen, rlen = 5 + 3 * i, 2 + i % 3
-        ids = torch.randint(0, 1000, (plen + rlen,), generator=g).tolist()
+        ids = torch.randint(0, 700, (plen + rlen,), generator=g).tolist()
         out.append(TrainSample(ids, plen, (-torch.rand(rlen, generator=g) * 5).tolist(),
                                float(torch.randn(1, generator=g)), Stage.ACT))
     return out

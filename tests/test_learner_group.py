@@ -13,7 +13,7 @@ from skill1.types import Stage, TrainSample
 
 def _sample(length: int, prompt: int, seed: int) -> TrainSample:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 1000, (length,), generator=g).tolist()
+    ids = torch.randint(0, 700, (length,), generator=g).tolist()
     return TrainSample(ids, prompt, (-torch.rand(length - prompt, generator=g) * 3).tolist(),
                        float(torch.randn(1, generator=g)), Stage.ACT)
 

