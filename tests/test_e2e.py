@@ -4,7 +4,6 @@ evaluate the checkpoint; a garbage-emitting policy does not crash the run; confi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,13 +149,17 @@ def test_bad_config_fails_in_one_line_before_anything_starts(tmp_path):
 
 
 @pytest.mark.parametrize("env", ["alfworld", "webshop"])
-def test_missing_benchmark_data_fails_in_one_line_before_anything_starts(tmp_path, env):
-    environ = {k: v for k, v in os.environ.items() if k not in ("ALFWORLD_DATA", "WEBSHOP_DATA")}
-    proc = subprocess.run([sys.executable, "-m", "skill1.cli", "train", f"output_dir={tmp_path / 'runs'}",
-                           f"env.name={env}", f"env.data_path={tmp_path / 'nothing-here'}"],
-                          capture_output=True, text=True, timeout=120, env=environ)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
+def test_missing_benchmark_data_fails_in_one_line_before_anything_starts(tmp_path, env, monkeypatch, capsys):
+    from skill1.cli import main
+
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    monkeypatch.delenv("WEBSHOP_DATA", raising=False)
+    capsys.readouterr()
+    # in-process (an interpreter start saved): the bad-config test above is the fresh-interpreter one
+    rc = main(["train", f"output_dir={tmp_path / 'runs'}", f"env.name={env}", f"env.data_path={tmp_path / 'nothing-here'}"])
+    err = capsys.readouterr().err
+    assert rc == 2, err[-2000:]
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nothing-here" in lines[0], lines
     assert not (tmp_path / "runs").exists()  # no run dir, no Ray, no model
 

@@ -78,15 +78,26 @@ def test_overwrite_replaces_only_a_skill1_run_and_leaves_other_dirs_alone(tmp_pa
     assert is_run_dir(fresh_run_dir(empty, overwrite=False))
 
 
-def test_the_quickstart_settings_with_name_dotdot_delete_nothing(tmp_path):
+def _skill1(capsys, *argv: str) -> tuple[int, str]:
+    """`skill1 ...` in this process (the command line's own `main`): its exit code and what it wrote to stderr.
+    In-process saves an interpreter start per test; that a failing command prints one line and nothing else, even
+    from imports, is checked in a fresh interpreter by test_e2e's bad-config test."""
+    from skill1.cli import main
+
+    capsys.readouterr()
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def test_the_quickstart_settings_with_name_dotdot_delete_nothing(tmp_path, monkeypatch, capsys):
     """`name=..` with overwrite=true used to rmtree output_dir/.. — the working directory."""
     work = tmp_path / "work"
     (work / "runs").mkdir(parents=True)
     (work / "keep.txt").write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "skill1.cli", "train", "--config",
-                           str(ROOT / "pipelines/configs/quickstart.yaml"), "output_dir=runs", "name=..",
-                           "overwrite=true"], cwd=work, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "plain directory name" in proc.stderr
+    monkeypatch.chdir(work)
+    rc, err = _skill1(capsys, "train", "--config", str(ROOT / "pipelines/configs/quickstart.yaml"), "output_dir=runs",
+                      "name=..", "overwrite=true")
+    assert rc == 2 and err.count("\n") == 1 and "plain directory name" in err
     assert (work / "keep.txt").is_file()
 
 
@@ -108,13 +119,13 @@ def test_the_tiny_model_is_never_built_over_a_directory_it_did_not_make(tmp_path
     assert (models / "qwen" / "model.safetensors").is_file() and (real / "config.json").is_file()
 
 
-def test_init_tiny_out_dotdot_is_refused_in_one_line(tmp_path):
+def test_init_tiny_out_dotdot_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
     (tmp_path / "a" / "precious").write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "skill1.cli", "model", "init-tiny", "--out", ".."], cwd=work,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "refusing to replace" in proc.stderr
+    monkeypatch.chdir(work)
+    rc, err = _skill1(capsys, "model", "init-tiny", "--out", "..")
+    assert rc == 2 and err.count("\n") == 1 and "refusing to replace" in err
     assert (tmp_path / "a" / "precious").is_file()
 
 
@@ -393,7 +404,7 @@ def _crafted_run(tmp_path: Path, marker: Path) -> Path:
 # eval reads the policy dir, the library and the driver state (for the run's wandb id), never the learner state
 @pytest.mark.parametrize("command, place", [("resume", "driver.pkl"), ("resume", "torch_state.pt"),
                                             ("resume", "rng-rank0.pt"), ("eval", "driver.pkl")])
-def test_a_crafted_run_dir_is_refused_in_one_line_and_nothing_runs(tmp_path, place, command):
+def test_a_crafted_run_dir_is_refused_in_one_line_and_nothing_runs(tmp_path, place, command, capsys):
     marker = tmp_path / "pwned"
     run = _crafted_run(tmp_path, marker)
     ckpt = run / "checkpoints" / "iter-1"
@@ -403,10 +414,9 @@ def test_a_crafted_run_dir_is_refused_in_one_line_and_nothing_runs(tmp_path, pla
     else:
         torch.save({"model": _Payload(marker)}, ckpt / "learner" / place)
     argv = ["train", "--resume", str(run)] if command == "resume" else ["eval", "--run", str(run)]
-    proc = subprocess.run([sys.executable, "-m", "skill1.cli", *argv], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+    rc, err = _skill1(capsys, *argv)
+    assert rc == 2, err[-2000:]
+    assert err.count("\n") == 1 and err.startswith("error: "), err
     assert not marker.exists()
 
 

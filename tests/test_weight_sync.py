@@ -12,7 +12,7 @@ from skill1.types import Stage, TrainSample
 pytestmark = pytest.mark.slow
 
 
-def test_collective_broadcast_reaches_every_sampler_in_buckets(small_model_dir):
+def test_collective_broadcast_reaches_every_sampler_in_buckets(small_model_dir, local_ray):
     import ray
 
     from skill1.runtime import init_ray, start_fleet
@@ -38,7 +38,6 @@ def test_collective_broadcast_reaches_every_sampler_in_buckets(small_model_dir):
         assert ray.get([s.weights_digest.remote() for s in fleet.samplers]) == [trained, trained]
     finally:
         fleet.shutdown()
-        ray.shutdown()
 
 
 def test_cuda_ipc_is_refused_without_a_gpu_learner():
