@@ -159,6 +159,9 @@ class RolloutConfig:
     max_new_tokens_rerank: int = 8
     max_new_tokens_act: int = 40
     max_new_tokens_distill: int = 80
+    # decode acting steps under the grammar <think>…</think><action>ADMISSIBLE</action> (invalid-action
+    # masking): every action the policy writes is one the environment accepts (skill1/agent/action_grammar.py)
+    constrain_actions: bool = False
 
     def validate(self) -> None:
         _one_of(self.backend, "rollout.backend", ("hf", "vllm", "scripted"))
@@ -179,6 +182,10 @@ class RolloutConfig:
         _check(self.temperature > 0, "rollout.temperature", "must be > 0 for training")
         _check(self.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0 = greedy)")
         _check(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
+        # vLLM applies a grammar's mask before its sampler, so its log-probs would be the masked policy's, which
+        # the learner does not recompute: its ratios would be off by the mask's normaliser at every step
+        _check(not (self.constrain_actions and self.backend == "vllm"), "rollout.constrain_actions",
+               "is implemented for rollout.backend=hf (vLLM reports the masked policy's log-probs)")
         for stage in ("query", "rerank", "act", "distill"):
             key = f"max_new_tokens_{stage}"
             _check(getattr(self, key) >= 1, f"rollout.{key}", "must be >= 1")

@@ -61,8 +61,8 @@ class SamplerHost:
     def __init__(self, backend: str, model_path: str, dtype: str, seed: int, scripted_latency_s: float = 0.0):
         self.sampler = make_sampler(backend, model_path, dtype, seed, scripted_latency_s=scripted_latency_s)
 
-    def generate(self, prompts, params, seeds=None) -> GenerationBatch:
-        return GenerationBatch(self.sampler.version, self.sampler.generate(prompts, params, seeds))
+    def generate(self, prompts, params, seeds=None, constraints=None) -> GenerationBatch:
+        return GenerationBatch(self.sampler.version, self.sampler.generate(prompts, params, seeds, constraints))
 
     # weights calls wait out a restart (Ray retries them on the new process): loading is idempotent
     @ray.method(max_task_retries=-1)

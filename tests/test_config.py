@@ -157,3 +157,9 @@ def test_no_file_names_a_config_that_does_not_exist():
             if not (ROOT / "pipelines/configs" / name).is_file():
                 missing.append(f"{rel}: pipelines/configs/{name}")
     assert not missing, missing
+
+
+def test_constrained_acting_is_refused_on_vllm_whose_logprobs_would_be_the_masked_policys():
+    assert load_config(None, ["rollout.constrain_actions=true"]).rollout.constrain_actions
+    with pytest.raises(ConfigError, match="rollout.constrain_actions"):
+        load_config(None, ["rollout.backend=vllm", "rollout.constrain_actions=true"])

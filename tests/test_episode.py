@@ -126,3 +126,16 @@ def test_scripted_best_and_worst_choosers_get_opposite_selection_credit(tokenize
     assert cb.r_sel == pytest.approx(0.9 - 0.5) and cw.r_sel == pytest.approx(0.2 - 0.5)
     assert cb.selection > cb.utilization and cw.selection < cw.utilization
     assert cb.r_dis == pytest.approx(1.0 - 0.9)  # won: beat the library's promise of 0.9
+
+
+@pytest.mark.parametrize("constrain", [False, True])
+def test_only_acting_requests_carry_the_admissible_actions_and_only_when_asked(tokenizer, constrain):
+    ep, requests = drive(TASK, tokenizer, settings(f"rollout.constrain_actions={str(constrain).lower()}"),
+                         expert_policy(TASK), CANDS)
+    assert ep.success
+    gens = [r for r in requests if isinstance(r, Generate)]
+    acts = [r for r in gens if r.stage is Stage.ACT]
+    assert len(acts) == len(expert_actions(TASK))
+    for r, action in zip(acts, expert_actions(TASK)):  # each step's constraint lists what the env admits then
+        assert (action in r.constraint.literals) if constrain else r.constraint is None
+    assert all(r.constraint is None for r in gens if r.stage is not Stage.ACT)

@@ -5,6 +5,7 @@ its retrieval reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import zlib
 
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 import skill1.rollout.worker as worker_module
+from skill1.agent.action_grammar import ActionTargets
 from skill1.agent.episode import EpisodeSettings, Generated
-from skill1.envs.builtin import HouseholdTaskSource
+from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.envs.pool import EnvPool
 from skill1.library.retrieval import RetrievalSettings
 from skill1.rollout.sampler import GenerationBatch
@@ -67,10 +69,12 @@ class _Sampler:
 
     def __init__(self, versions: list[int]):
         self.versions, self.calls = list(versions), []  # calls: (version, number of prompts)
+        self.constraints = []  # what each call was handed
 
-    def generate(self, prompts, params, seeds=None) -> GenerationBatch:
+    def generate(self, prompts, params, seeds=None, constraints=None) -> GenerationBatch:
         version = self.versions[len(self.calls)]
         self.calls.append((version, len(prompts)))
+        self.constraints.append(constraints)
         return GenerationBatch(version, [Generated([7], [-1.0], "no action here") for _ in prompts])
 
 
@@ -100,6 +104,17 @@ def test_an_episode_is_stamped_with_the_oldest_weights_version_that_generated_fo
     assert [s.calls for s in samplers] == [[(6, 1), (4, 1), (7, 1), (5, 1)], [(3, 1), (8, 1), (8, 1), (9, 1)]]
     assert [len(e.segments) for e in episodes] == [4, 4] and not any(e.env_failed for e in episodes)
     assert [e.policy_version for e in episodes] == [4, 3]  # the oldest; not 7 and 9 (the newest), nor 1
+
+
+def test_constrained_acting_hands_each_acting_prompt_its_admissible_actions_and_nothing_else(no_ray,
+                                                                                              small_model_dir):
+    sampler = _Sampler([0] * 8)
+    worker = RolloutWorker(small_model_dir, [_Actor(sampler)], [_Actor(EnvPool("builtin", 1, {}))], None, "")
+    settings = dataclasses.replace(_settings(use_library=False, max_steps=3, distill=True), constrain_actions=True)
+    [episode] = worker.run(_request(1, settings, None, 0))
+    acts, distill = sampler.constraints[:3], sampler.constraints[3]
+    first = HouseholdEnv(3).reset(episode.task).admissible_actions  # nothing was stepped: the same list each time
+    assert all(c == [ActionTargets.from_admissible(first)] for c in acts) and distill == [None]
 
 
 class _Encoder:

@@ -184,7 +184,7 @@ class _Stub:
     def __init__(self, text):
         self.text, self.calls = text, 0
 
-    def generate(self, prompts, params, seeds=None):
+    def generate(self, prompts, params, seeds=None, constraints=None):
         from skill1.agent.episode import Generated
 
         self.calls += 1

@@ -15,6 +15,7 @@ from typing import Any, Union
 
 from skill1.agent import parsing, prompts
 from skill1.envs.base import StepResult
+from skill1.agent.action_grammar import ActionTargets
 from skill1.types import Candidate, Episode, Segment, Stage, Task
 
 
@@ -24,6 +25,7 @@ class Generate:
     prompt_ids: list[int]
     max_new_tokens: int
     seed: int = 0  # per-request sampling seed: an episode's draws do not depend on what it is batched with
+    constraint: ActionTargets | None = None  # acting under `rollout.constrain_actions`: only admissible actions
 
 
 @dataclass
@@ -63,6 +65,7 @@ class EpisodeSettings:
     history_length: int
     max_skill_chars: int
     max_new_tokens: dict  # Stage -> int
+    constrain_actions: bool = False  # decode acting steps under the admissible-action grammar
 
     @classmethod
     def from_config(cls, cfg, training: bool) -> "EpisodeSettings":
@@ -73,7 +76,8 @@ class EpisodeSettings:
             max_steps=cfg.env.max_steps, history_length=cfg.env.history_length,
             max_skill_chars=cfg.library.max_skill_chars,
             max_new_tokens={Stage.QUERY: r.max_new_tokens_query, Stage.RERANK: r.max_new_tokens_rerank,
-                            Stage.ACT: r.max_new_tokens_act, Stage.DISTILL: r.max_new_tokens_distill})
+                            Stage.ACT: r.max_new_tokens_act, Stage.DISTILL: r.max_new_tokens_distill},
+            constrain_actions=r.constrain_actions)
 
 
 def run_episode(
@@ -82,9 +86,9 @@ def run_episode(
     segments: list[Segment] = []
     errors: Counter[str] = Counter()
 
-    def generate(stage: Stage, prompt_ids: list[int]):
+    def generate(stage: Stage, prompt_ids: list[int], constraint: ActionTargets | None = None):
         seed = zlib.crc32(f"{episode_id}/{len(segments)}".encode())
-        out: Generated = yield Generate(stage, prompt_ids, s.max_new_tokens[stage], seed)
+        out: Generated = yield Generate(stage, prompt_ids, s.max_new_tokens[stage], seed, constraint)
         seg = Segment(stage, prompt_ids, out.response_ids, out.logprobs, out.text)
         segments.append(seg)
         return seg
@@ -119,7 +123,8 @@ def run_episode(
         prompt = prompts.act_prompt(tokenizer, task.description, step.observation, step.admissible_actions,
                                     history[-s.history_length:] if s.history_length else [],
                                     chosen.strategy if chosen else None, num_steps, env=task.env)
-        seg = yield from generate(Stage.ACT, prompt)
+        constraint = ActionTargets.from_admissible(step.admissible_actions) if s.constrain_actions else None
+        seg = yield from generate(Stage.ACT, prompt, constraint)
         action, reason = parsing.parse_action(seg.text, step.admissible_actions)
         invalid(seg, reason)
         num_steps += 1

@@ -52,7 +52,8 @@ def run_local(tasks: list[Task], tokenizer, sampler, settings: EpisodeSettings, 
         for budget, idx in by_budget.items():
             reqs = [live[i][2] for i in idx]
             outs = sampler.generate([r.prompt_ids for r in reqs], SamplingParams(temperature, 1.0, budget),
-                                    seeds=[zlib.crc32(f"{seed}/{r.seed}".encode()) for r in reqs])
+                                    seeds=[zlib.crc32(f"{seed}/{r.seed}".encode()) for r in reqs],
+                                    constraints=[r.constraint for r in reqs])
             for i, out in zip(idx, outs):
                 gen, env, _ = live[i]
                 try:

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from skill1.agent.action_grammar import ActionGrammar, ActionTargets
 from skill1.agent.episode import Generated
 from skill1.learner.weight_sync import digest, flat_weights, load_packet
 from skill1.models.tiny import load_policy
@@ -37,8 +38,11 @@ class GenerationBatch:
 class Sampler(Protocol):
     version: int
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams,
-                 seeds: list[int] | None = None) -> list[Generated]: ...
+    def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None,
+                 constraints: list[ActionTargets | None] | None = None) -> list[Generated]:
+        """One completion per prompt. `seeds[i]` makes row i's draws independent of its batch; where
+        `constraints[i]` is given, row i is decoded under the acting grammar (`action_grammar`)."""
+        ...
 
     def load_weights(self, packet: WeightsPacket) -> None: ...
 
@@ -73,6 +77,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def policy_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log π(token) at the sampling temperature (1 when greedy), as `learner.forward` computes it."""
+    logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
+    return logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
 class HFSampler:
     """transformers backend: left-padded batches, KV cache, log-probs recorded as tokens are drawn."""
 
@@ -92,6 +102,7 @@ class HFSampler:
         self.seed = seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.version = 0
+        self._grammar: ActionGrammar | None = None  # built on the first constrained call
 
     @classmethod
     def from_model(cls, model, tokenizer, device: str = "cpu", seed: int = 0) -> "HFSampler":
@@ -106,17 +117,30 @@ class HFSampler:
         """sha256 of the weights it generates with (equal to `Learner.weights_digest` after a sync)."""
         return digest(flat_weights(self.model))
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams,
-                 seeds: list[int] | None = None) -> list[Generated]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None,
+                 constraints: list[ActionTargets | None] | None = None) -> list[Generated]:
         out: list[Generated] = []
         for start in range(0, len(prompts), self.max_batch_size):
             chunk = slice(start, start + self.max_batch_size)
-            out.extend(self._generate_batch(prompts[chunk], params, seeds[chunk] if seeds is not None else None))
+            out.extend(self._generate_batch(prompts[chunk], params, seeds[chunk] if seeds is not None else None,
+                                            constraints[chunk] if constraints is not None else None))
         return out
+
+    def _masks(self, texts: list[str], constraints: list[ActionTargets | None], vocab: int,
+               tokens_left: int) -> torch.Tensor | None:
+        """[batch, vocab] allowed tokens for this step (all allowed in unconstrained rows), or None."""
+        if self._grammar is None:
+            self._grammar = ActionGrammar.for_tokenizer(self.tokenizer, self.eos_ids.tolist(), vocab)
+        rows = [self._grammar.allowed(t, c, tokens_left) if c is not None else None
+                for t, c in zip(texts, constraints)]
+        if all(r is None for r in rows):
+            return None
+        return torch.stack([r if r is not None else torch.ones(vocab, dtype=torch.bool) for r in rows]).to(self.device)
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams,
-                        seeds: list[int] | None) -> list[Generated]:
+                        seeds: list[int] | None, constraints: list[ActionTargets | None] | None = None
+                        ) -> list[Generated]:
         rows = None
         if seeds is not None:
             rows = [torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + s) for s in seeds]
@@ -134,12 +158,29 @@ class HFSampler:
         next_pos = positions[:, -1:] + 1
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         tokens_out, logps_out = [], []
-        for _ in range(params.max_new_tokens):
-            tokens, logps = sample_next(out.logits[:, -1], params.temperature, params.top_p, self.generator, rows)
+        constrained = constraints is not None and any(c is not None for c in constraints)
+        texts = [""] * batch
+        for step in range(params.max_new_tokens):
+            logits = out.logits[:, -1]
+            allowed = None
+            if constrained:
+                live = [None if f else c for c, f in zip(constraints, finished.tolist())]
+                allowed = self._masks(texts, live, logits.shape[-1], params.max_new_tokens - step)
+            if allowed is None:
+                tokens, logps = sample_next(logits, params.temperature, params.top_p, self.generator, rows)
+            else:
+                tokens, logps = sample_next(logits.float().masked_fill(~allowed, float("-inf")),
+                                            params.temperature, params.top_p, self.generator, rows)
+                # a constrained row records the policy's own log-prob of what was drawn, unmasked: what the
+                # learner recomputes (the mask is the environment's, like invalid-action masking in games)
+                masked = torch.tensor([c is not None for c in live], device=self.device)
+                logps = torch.where(masked, policy_logprobs(logits, tokens, params.temperature), logps)
             tokens = tokens.masked_fill(finished, self.pad_id)
             tokens_out.append(tokens)
             logps_out.append(logps.masked_fill(finished, 0.0))
             finished |= torch.isin(tokens, self.eos_ids)
+            if constrained:
+                texts = [t + self._grammar.pieces[k] for t, k in zip(texts, tokens.tolist())]
             if bool(finished.all()):
                 break
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=self.device)], dim=1)

@@ -44,19 +44,22 @@ class ScriptedSampler:
         that did not reach it shows here as it would with a model."""
         return None if self.weights is None else digest(self.weights)
 
-    def generate(self, prompts: list[list[int]], params, seeds: list[int] | None = None) -> list[Generated]:
+    def generate(self, prompts: list[list[int]], params, seeds: list[int] | None = None,
+                 constraints=None) -> list[Generated]:
+        """Scripted answers; a constrained row never gets the deliberate invalid action."""
         if self.latency_s:
             time.sleep(self.latency_s)
         out = []
         for i, p in enumerate(prompts):
             # a per-request seed makes the answer independent of batching and call order
             rng = random.Random(self.seed * 1_000_003 + seeds[i]) if seeds is not None else self.rng
-            text = self._answer(self.tokenizer.decode(p, skip_special_tokens=True), rng)
+            constrained = constraints is not None and constraints[i] is not None
+            text = self._answer(self.tokenizer.decode(p, skip_special_tokens=True), rng, constrained)
             ids = self.tokenizer.encode(text, add_special_tokens=False)[: params.max_new_tokens]
             out.append(Generated(ids, [0.0] * len(ids), self.tokenizer.decode(ids)))
         return out
 
-    def _answer(self, prompt: str, rng: random.Random) -> str:
+    def _answer(self, prompt: str, rng: random.Random, constrained: bool = False) -> str:
         task_match = _TASK.search(prompt)
         task = task_match.group(1).strip() if task_match else "the task"
         if "<query>" in prompt:
@@ -66,7 +69,7 @@ class ScriptedSampler:
         found = _ACTIONS.search(prompt)
         if found:
             actions = re.findall(r"'(.*?)'(?:, |$)", found.group(1))
-            if rng.random() < INVALID_RATE:
+            if rng.random() < INVALID_RATE and not constrained:
                 return "<think>scripted</think><action>dance on the ceiling</action>"
             action = rng.choice(actions) if actions else "look"
             template = _TEMPLATE.match(action)

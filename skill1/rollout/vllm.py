@@ -80,8 +80,11 @@ class VLLMSampler:
         self.seed, self.rng = seed, np.random.default_rng(seed)
         self.version = 0
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams,
-                 seeds: list[int] | None = None) -> list[Generated]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None,
+                 constraints: list | None = None) -> list[Generated]:
+        if constraints is not None and any(c is not None for c in constraints):
+            # refused by the config too: vLLM's log-probs under a grammar are the masked policy's
+            raise ValueError("constrained acting needs rollout.backend=hf")
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 

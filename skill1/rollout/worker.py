@@ -502,7 +502,8 @@ class RolloutWorker:
         for (s, _stage, max_new, temperature, top_p), eps in gens.items():
             params = SamplingParams(temperature, top_p, max_new)
             ref = self.samplers[s].generate.remote([e.request.prompt_ids for e in eps], params,
-                                                   [e.request.seed for e in eps])
+                                                   [e.request.seed for e in eps],
+                                                   [e.request.constraint for e in eps])
             calls.append((("sampler", s), eps, ref))
             self._stats.generate_calls += 1
         for p, eps in resets.items():
