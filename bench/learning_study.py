@@ -6,16 +6,19 @@
 
 Every run trains `pipelines/configs/cpu_study.yaml` with one preset and one seed, from the same warm-started
 policy (model.path, built once), with the same budget and the same held-out tasks (env.eval_seed), as its own
-`skill1 train` process. Each run's results go to `<out>/results/<preset>-s<seed>.json` the moment it ends,
-so the study resumes run by run and can be spread over several sittings. The report prints, per preset:
-held-out success at each evaluation point (mean and 95% interval over seeds), per-family success at the
-end, step time and its ratio to GRPO's, library size, skill utilities and selection quality, and writes
-`<out>/report.json` (what `notebooks/learning_study.ipynb` draws).
+`skill1 train` process (runs under `--out`). Each run's results go to
+`<record>/results/<preset>-s<seed>.json` (default `docs/learning_study/`, committed) the moment it ends, so the
+study resumes run by run and can be spread over several sittings and clones; a result is reused only if it
+was run with the same overrides and from the same warm-started policy (its weights' sha256). The report
+prints, per preset: held-out success at each evaluation point (mean and 95% interval over seeds), per-family
+success at the end, step time and its ratio to GRPO's, library size, skill utilities and selection quality,
+and writes `<record>/report.json` (what `notebooks/learning_study.ipynb` draws).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -85,13 +88,25 @@ def summarize_run(run: Path, preset: str, seed: int, wall_s: float) -> dict:
     }
 
 
-def run_one(out: Path, preset: str, seed: int, overrides: list[str]) -> dict:
-    result_file = out / "results" / f"{preset}-s{seed}.json"
+def policy_sha256(overrides: list[str]) -> str:
+    """sha256 of the warm-started policy's weights every run starts from (built first if missing)."""
+    from skill1.agent.episode import EpisodeSettings
+    from skill1.config import load_config
+    from skill1.models.provision import ensure_policy
+
+    cfg = load_config(str(CONFIG), overrides)
+    ensure_policy(cfg.model, settings=EpisodeSettings.from_config(cfg, training=True))
+    return hashlib.sha256((ROOT / cfg.model.path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def run_one(out: Path, record: Path, preset: str, seed: int, overrides: list[str], policy: str) -> dict:
+    result_file = record / "results" / f"{preset}-s{seed}.json"
     if result_file.exists():
         kept = json.loads(result_file.read_text())
-        if kept.get("overrides") == overrides:
+        if kept.get("overrides") == overrides and kept.get("policy_sha256") == policy:
             return kept
-        print(f"{result_file.name} was run with {kept.get('overrides')}, not {overrides}: running it again")
+        print(f"{result_file.name} was run with {kept.get('overrides')} from policy "
+              f"{str(kept.get('policy_sha256'))[:12]}, not {overrides} from {policy[:12]}: running it again")
     name = f"{preset}-s{seed}"
     run = out / "runs" / name
     cmd = [sys.executable, "-m", "skill1.cli", "train", "--config", str(CONFIG), f"output_dir={out / 'runs'}",
@@ -107,7 +122,8 @@ def run_one(out: Path, preset: str, seed: int, overrides: list[str]) -> dict:
     if rc != 0:
         raise SystemExit(f"{name}: skill1 train exited {rc}; see {log}")
     summary = summarize_run(run, preset, seed, time.perf_counter() - t0)
-    summary["overrides"] = overrides  # a resumed study reuses a result only if it had the same budget
+    summary["overrides"] = overrides  # a resumed study reuses a result only if it had the same budget ...
+    summary["policy_sha256"] = policy  # ... and started from the same policy
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(summary, indent=1))
     print(f"[{time.strftime('%H:%M:%S')}] {name}: held-out success "
@@ -174,33 +190,37 @@ def print_report(table: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(ROOT / "runs" / "learning_study"), help="study dir (runs, results, report)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "learning_study"), help="where the runs go (big: checkpoints)")
+    p.add_argument("--record", default=str(ROOT / "docs" / "learning_study"),
+                   help="where each run's results file and the report go (small, committed: the study resumes from "
+                        "them in a later sitting or another clone)")
     p.add_argument("--presets", nargs="*", default=ORDER, choices=ORDER)
     p.add_argument("--seeds", type=int, help="seeds per preset (default: 3 for skill1/grpo/no_library, 2 else)")
     p.add_argument("--report", action="store_true", help="only print the report from the results present")
-    p.add_argument("--iterations", type=int, default=20,
-                   help="iterations per run (13 runs of 20 should fit 90 min on 2 cores, not yet measured; cpu_study.yaml alone runs 40)")
+    p.add_argument("--iterations", type=int, default=40,
+                   help="iterations per run (as cpu_study.yaml; one run took 6.3-7.6 min on 2 cores, so 13 take ~90)")
     p.add_argument("overrides", nargs="*", help="config overrides for every run (the same budget for all)")
     args = p.parse_args()
     args.overrides = [f"algorithm.iterations={args.iterations}", *args.overrides]
-    out = Path(args.out)
+    out, record = Path(args.out), Path(args.record)
     plan = [(preset, seed) for seed in range(max(PLAN.values()) if args.seeds is None else args.seeds)
             for preset in args.presets if args.seeds is not None or seed < PLAN[preset]]
     results = []
+    policy = None if args.report else policy_sha256(args.overrides)
     for preset, seed in plan:  # seed-major: an interrupted study still has every preset's first seeds
-        file = out / "results" / f"{preset}-s{seed}.json"
+        file = record / "results" / f"{preset}-s{seed}.json"
         if args.report:
             if file.exists():
                 results.append(json.loads(file.read_text()))
             continue
-        results.append(run_one(out, preset, seed, args.overrides))
+        results.append(run_one(out, record, preset, seed, args.overrides, policy))
     if not results:
-        raise SystemExit(f"no results under {out / 'results'} yet")
+        raise SystemExit(f"no results under {record / 'results'} yet")
     table = report(results)
-    (out / "report.json").write_text(json.dumps({"config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides,
+    (record / "report.json").write_text(json.dumps({"config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides,
                                                  "presets": table, "runs": results}, indent=1))
     print_report(table)
-    print(f"\nreport: {out / 'report.json'}")
+    print(f"\nreport: {record / 'report.json'}")
 
 
 if __name__ == "__main__":

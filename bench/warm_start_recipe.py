@@ -1,6 +1,7 @@
 """Build the tiny policy with a given recipe and measure its format competence on held-out built-in tasks.
 
     python bench/warm_start_recipe.py --out /tmp/tiny model.warm_start_steps=700 model.hidden_size=256
+    python bench/warm_start_recipe.py --out runs/models/tiny-env --measure-only env.max_steps=12 env.history_length=1
 
 Prints the build time, the provenance (tokenizer, parameters, SFT losses) and, greedy on held-out tasks
 (half of them with library-like candidates): each stage's valid rate and the success rate. The README's
@@ -25,6 +26,8 @@ def main() -> None:
     p.add_argument("--out", required=True, help="model dir to build (replaced)")
     p.add_argument("--tasks", type=int, default=96, help="held-out tasks to measure on")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--measure-only", action="store_true",
+                   help="measure the policy already in --out, unconstrained and constrained (no build)")
     p.add_argument("overrides", nargs="*", help="config overrides (model.*, env.max_steps, ...)")
     args = p.parse_args()
 
@@ -40,6 +43,14 @@ def main() -> None:
     settings = EpisodeSettings.from_config(cfg, training=True)
     from skill1.run_dir import check_model_dir_replaceable
 
+    if args.measure_only:
+        import dataclasses
+
+        for constrain in (False, True):
+            result = measure(args.out, dataclasses.replace(settings, constrain_actions=constrain), args.tasks)
+            print(json.dumps({"constrain_actions": constrain, "env.max_steps": settings.max_steps,
+                              "held_out": {k: round(v, 3) for k, v in result.items()}}))
+        return
     check_model_dir_replaceable(Path(args.out))  # --out replaces a tiny model built before, nothing else
     shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.perf_counter()

@@ -41,8 +41,11 @@ class ActionTargets:
     def from_admissible(cls, admissible: Sequence[str]) -> "ActionTargets":
         literals, templates = [], []
         for a in admissible:
-            m = ACTION_TEMPLATE.match(a)
-            (templates.append(m.group(1)) if m else literals.append(a))
+            template = ACTION_TEMPLATE.match(a)
+            if template:
+                templates.append(template.group(1))
+            else:
+                literals.append(a)
         return cls(tuple(dict.fromkeys(literals)), tuple(dict.fromkeys(templates)))
 
 
