@@ -97,6 +97,7 @@ def test_the_cpu_configs_share_the_policy_and_compare_on_fixed_held_out_tasks():
     assert quick.eval_at_ends and quick.rollout.eval_temperature == 0
     assert study.algorithm.iterations > quick.algorithm.iterations
     assert study.rollout.max_library_staleness == quick.rollout.max_library_staleness == 0
+    assert study.rollout.constrain_actions and quick.rollout.constrain_actions  # rewards about the task, not spelling
 
 
 @pytest.mark.parametrize("fname", sorted(BENCHMARKS))

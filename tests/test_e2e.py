@@ -3,6 +3,7 @@ evaluate the checkpoint; a garbage-emitting policy does not crash the run; confi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FAST = ["eval_at_ends=false", "eval_every=0", "env.max_steps=4", "rollout.max_new_tokens_act=24", "rollout.max_new_tokens_distill=40",
         "rollout.max_new_tokens_query=16", "algorithm.tasks_per_iteration=2", "algorithm.group_size=4",
-        "logging.progress=false", "env.eval_tasks=6"]
+        "logging.progress=false", "env.eval_tasks=6",
+        # the barely warm model never wins in 4 steps: its invalid actions (penalised) are the learning signal
+        "rollout.constrain_actions=false"]
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +128,17 @@ def test_eval_reports_success_per_family(trained):
 
     m = eval_metrics(report)
     assert m["eval/success"] == report["success"] and len([k for k in m if k.startswith("eval/success/")]) == 6
+
+
+def test_constrained_evaluation_acts_only_admissibly_through_the_actors(trained):
+    """The admissible actions travel with each acting prompt through the rollout worker and the sampler actor:
+    the weak policy that writes invalid actions on its own writes none under the mask."""
+    from skill1.evaluate import eval_metrics, evaluate
+
+    cfg, _ = trained
+    free = eval_metrics(evaluate(cfg))["eval/valid_action_rate"]
+    masked = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, constrain_actions=True))
+    assert free < 1.0 and eval_metrics(evaluate(masked))["eval/valid_action_rate"] == 1.0
 
 
 def test_garbage_emitting_policy_does_not_crash_the_run(small_model_dir, tmp_path, local_ray):
