@@ -167,6 +167,21 @@ def report(results: list[dict]) -> dict:
     return table
 
 
+def markdown_table(table: dict) -> str:
+    """The README's results table (held-out success mean ± 95% half-width per evaluation point)."""
+    steps = next(iter(table.values()))["eval_steps"]
+    head = "| preset | seeds | " + " | ".join(f"it {s}" for s in steps) + " | gain | step | × GRPO | library |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for preset, t in table.items():
+        cells = [f"{m:.3f} ± {c:.3f}" if t["seeds"] > 1 else f"{m:.3f}"
+                 for m, c in zip(t["eval_success_mean"], t["eval_success_ci95"])]
+        ratio = f"{t['step_ratio_to_grpo']:.2f}" if t["step_ratio_to_grpo"] else "–"
+        lib = f"{t['library_size']:.0f} skills, mean u {t['utility_mean']:.2f}" if t["utility_mean"] is not None else "–"
+        lines.append(f"| {preset} | {t['seeds']} | " + " | ".join(cells)
+                     + f" | {t['gain_mean']:+.3f} | {t['step_s']:.1f} s | {ratio} | {lib} |")
+    return "\n".join(lines)
+
+
 def print_report(table: dict) -> None:
     print("\nheld-out success (greedy, same tasks; mean ± 95% interval over seeds):")
     for preset, t in table.items():
@@ -197,6 +212,7 @@ def main() -> None:
     p.add_argument("--presets", nargs="*", default=ORDER, choices=ORDER)
     p.add_argument("--seeds", type=int, help="seeds per preset (default: 3 for skill1/grpo/no_library, 2 else)")
     p.add_argument("--report", action="store_true", help="only print the report from the results present")
+    p.add_argument("--markdown", action="store_true", help="also print the README's table")
     p.add_argument("--iterations", type=int, default=40,
                    help="iterations per run (as cpu_study.yaml; one run took 6.3-7.6 min on 2 cores, so 13 take ~90)")
     p.add_argument("overrides", nargs="*", help="config overrides for every run (the same budget for all)")
@@ -220,6 +236,8 @@ def main() -> None:
     (record / "report.json").write_text(json.dumps({"config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides,
                                                  "presets": table, "runs": results}, indent=1))
     print_report(table)
+    if args.markdown:
+        print("\n" + markdown_table(table))
     print(f"\nreport: {record / 'report.json'}")
 
 
