@@ -90,7 +90,7 @@ MUTATIONS: list[Mutation] = [
        ["tests/test_sampler.py", "-k", "acknowledges"], group="rollout",
        why="issue 19 #6: tests by the rollout-side change (test_sampler.py / test_e2e.py)"),
     _m("constrained_logprobs_are_the_masked_policys", "skill1/rollout/sampler.py",
-       "logps = torch.where(masked, policy_logprobs(logits, tokens, params.temperature), logps)",
+       "logps = torch.where(masked, gather_logprobs(logits, tokens, params.temperature or 1.0), logps)",
        "logps = logps",
        ["tests/test_action_grammar.py", "-k", "logprobs"], group="rollout",
        why="constrained acting: the learner recomputes the unmasked policy's log-probs"),

@@ -55,14 +55,19 @@ def _action_state(rest: str, targets: ActionTargets) -> tuple[bool, bool, list[s
     viable = complete = free = False
     conts: list[str] = []
     closing: list[str] = []
-    for a in targets.literals:
-        full = a + CLOSE
-        if full.startswith(rest):
+
+    def ending(written: str, full: str) -> None:
+        """`written` so far of `full`, which ends the sentence: viable if a prefix, complete if all of it."""
+        nonlocal viable, complete
+        if full.startswith(written):
             viable = True
-            complete |= rest == full
-            if rest != full:
-                conts.append(full[len(rest):])
-                closing.append(full[len(rest):])
+            complete |= written == full
+            if written != full:
+                conts.append(full[len(written):])
+                closing.append(full[len(written):])
+
+    for a in targets.literals:
+        ending(rest, a + CLOSE)
     for verb in targets.templates:
         head = verb + "["
         if len(rest) <= len(head):
@@ -80,13 +85,7 @@ def _action_state(rest: str, targets: ActionTargets) -> tuple[bool, bool, list[s
             continue
         if not arg[:j].strip() or "<" in arg[:j]:
             continue
-        tail = arg[j + 1:]
-        if CLOSE.startswith(tail):
-            viable = True
-            complete |= tail == CLOSE
-            if tail != CLOSE:
-                conts.append(CLOSE[len(tail):])
-                closing.append(CLOSE[len(tail):])
+        ending(arg[j + 1:], CLOSE)
     if not viable:
         return False, False, [], []
     return True, complete, [] if free else conts, closing

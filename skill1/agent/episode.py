@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from skill1.agent import parsing, prompts
-from skill1.envs.base import StepResult
 from skill1.agent.action_grammar import ActionTargets
+from skill1.envs.base import StepResult
 from skill1.types import Candidate, Episode, Segment, Stage, Task
 
 

@@ -14,6 +14,7 @@ import torch
 
 from skill1.agent.action_grammar import ActionGrammar, ActionTargets
 from skill1.agent.episode import Generated
+from skill1.algo.losses import gather_logprobs
 from skill1.learner.weight_sync import digest, flat_weights, load_packet
 from skill1.models.tiny import load_policy
 from skill1.types import WeightsPacket
@@ -75,12 +76,6 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
         tokens = tokens.clamp(max=cdf.shape[-1] - 1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
-
-
-def policy_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log π(token) at the sampling temperature (1 when greedy), as `learner.forward` computes it."""
-    logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
-    return logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
 class HFSampler:
@@ -174,7 +169,7 @@ class HFSampler:
                 # a constrained row records the policy's own log-prob of what was drawn, unmasked: what the
                 # learner recomputes (the mask is the environment's, like invalid-action masking in games)
                 masked = torch.tensor([c is not None for c in live], device=self.device)
-                logps = torch.where(masked, policy_logprobs(logits, tokens, params.temperature), logps)
+                logps = torch.where(masked, gather_logprobs(logits, tokens, params.temperature or 1.0), logps)
             tokens = tokens.masked_fill(finished, self.pad_id)
             tokens_out.append(tokens)
             logps_out.append(logps.masked_fill(finished, 0.0))
