@@ -16,6 +16,7 @@ from skill1.config import ConfigError, load_config
 from skill1.envs.base import EnvDataError
 from skill1.library_cli import CommandError
 from skill1.library_cli import register as register_library
+from skill1.plan import LayoutDoesNotFit
 from skill1.run_dir import OwnershipError
 
 
@@ -48,6 +49,10 @@ def _train(args) -> int:
     from skill1.trainer import train
 
     cfg, mode = train_config(args)
+    if cfg.placement.gpu_memory_gb:  # pre-flight: refuse a layout that cannot fit, before any actor starts
+        from skill1.plan import check
+
+        check(cfg, cfg.placement.gpu_memory_gb)
     result = train(cfg, resume=mode is True, restart=mode == "restart")
     if result.stopped_at is not None:
         print(f"\nStopped by a signal after iteration {result.stopped_at}; checkpoint saved.\n"
@@ -104,6 +109,19 @@ def _eval(args) -> None:
     print(f"valid action rate {report['valid_action_rate']:.3f}; written to {Path(args.run) / 'eval.json'}")
 
 
+def _plan(args) -> int:
+    from skill1.plan import ModelShape, budget, layout_of_config, render
+
+    cfg = load_config(args.config, args.overrides)
+    gb = args.gpu_gb or cfg.placement.gpu_memory_gb
+    if not gb:
+        raise ConfigError("skill1 plan: give the GPU memory (--gpu-gb 80, or placement.gpu_memory_gb)")
+    shape = ModelShape.from_dir(cfg.model.path)
+    bud = budget(shape, layout_of_config(cfg, gb))
+    print(render(shape, layout_of_config(cfg, gb), bud))
+    return 2 if bud.problems() else 0
+
+
 def _init_tiny(args) -> None:
     import dataclasses
 
@@ -137,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. env.eval_tasks=60")
     e.set_defaults(fn=_eval)
+    pl = sub.add_parser("plan", help="per-GPU memory budget of a config's layout (weights, gradients, optimizer, "
+                                     "reference, activations, vLLM): exits 2 when it cannot fit")
+    pl.add_argument("--config", help="YAML config (e.g. pipelines/configs/alfworld_qwen2.5_7b.yaml)")
+    pl.add_argument("--gpu-gb", type=float, help="memory of one GPU in GB (default: placement.gpu_memory_gb)")
+    pl.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. learner.micro_batch_tokens=4096")
+    pl.set_defaults(fn=_plan)
     m = sub.add_parser("model", help="policy models").add_subparsers(dest="model_command", required=True)
     mi = m.add_parser("init-tiny", help="create the tiny local Qwen2-architecture policy (tokenizer, init, warm "
                                         "start), as the model.* keys of the config describe it")
@@ -149,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-USER_ERRORS = (ConfigError, CommandError, EnvDataError, CheckpointError, OwnershipError)
+USER_ERRORS = (ConfigError, CommandError, EnvDataError, CheckpointError, OwnershipError, LayoutDoesNotFit)
 
 
 def _actor_errors() -> tuple:

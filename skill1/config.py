@@ -162,6 +162,17 @@ class RolloutConfig:
     # decode acting steps under the grammar <think>…</think><action>ADMISSIBLE</action> (invalid-action
     # masking): every action the policy writes is one the environment accepts (skill1/agent/action_grammar.py)
     constrain_actions: bool = False
+    # vLLM: the share of its GPU the engine takes (weights + KV cache); lower it to share a GPU with a learner
+    gpu_memory_utilization: float = 0.5
+    # vLLM: learner -> engine weight loads go in RPCs of at most this much (msgpack refuses one over 4 GiB)
+    weight_load_bucket_mb: float = 512.0
+
+    def engine_kwargs(self) -> dict:
+        """What the vLLM engine takes from this config (other backends ignore it)."""
+        if self.backend != "vllm":
+            return {}
+        return {"gpu_memory_utilization": self.gpu_memory_utilization,
+                "load_bucket_bytes": int(self.weight_load_bucket_mb * 2**20)}
 
     def validate(self) -> None:
         _one_of(self.backend, "rollout.backend", ("hf", "vllm", "scripted"))
@@ -181,7 +192,10 @@ class RolloutConfig:
         _check(self.max_sampler_restarts >= -1, "rollout.max_sampler_restarts", "must be >= 0 (or -1: unlimited)")
         _check(self.temperature > 0, "rollout.temperature", "must be > 0 for training")
         _check(self.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0 = greedy)")
-        _check(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
+        # the sampler records log-probs after top-p (the distribution it drew from) but the learner recomputes
+        # them under temperature alone: with top_p < 1 every PPO ratio would be off by the nucleus' normaliser
+        _check(self.top_p == 1, "rollout.top_p", f"must be 1 for training (got {self.top_p}): the learner "
+               "recomputes log-probs under temperature only, so a nucleus would bias every PPO ratio")
         # vLLM applies a grammar's mask before its sampler, so its log-probs would be the masked policy's, which
         # the learner does not recompute: its ratios would be off by the mask's normaliser at every step
         _check(not (self.constrain_actions and self.backend == "vllm"), "rollout.constrain_actions",
@@ -295,6 +309,15 @@ class LearnerConfig:
     # optimizer steps skipped in a row (non-finite loss or gradient: the weights stay as they were) before the
     # learner stops the run with an error; a single bad batch is skipped and counted (learner/skipped_nonfinite)
     max_nonfinite_skips: int = 3
+    # GPU memory (skill1/plan.py budgets each): recompute each layer's activations in the backward pass
+    gradient_checkpointing: bool = False
+    # bf16 weights: accumulate gradients in fp32 (DeepSpeed data_types.grad_accum_dtype; ZeRO stage >= 1)
+    fp32_grad_accum: bool = True
+    # ZeRO-3: the frozen KL reference partitioned over the ranks like the policy (else a whole copy per rank)
+    shard_reference: bool = False
+    # DeepSpeed ZeRO communication buckets on GPU (reduce / all-gather / ZeRO-3 prefetch and live parameters), in
+    # elements: their buffers are a few times this (skill1/plan.py), DeepSpeed's 5e8 default costs ~9 GB a GPU
+    zero_bucket_elements: float = 5.0e7
 
     def validate(self) -> None:
         _one_of(self.backend, "learner.backend", ("deepspeed", "torch"))
@@ -313,6 +336,8 @@ class LearnerConfig:
         _check(self.ppo_epochs >= 1, "learner.ppo_epochs", "must be >= 1")
         _check(self.mini_batches >= 1, "learner.mini_batches", "must be >= 1")
         _check(self.micro_batch_tokens >= 64, "learner.micro_batch_tokens", "must be >= 64")
+        _check(not self.shard_reference or (self.backend == "deepspeed" and self.zero_stage == 3),
+               "learner.shard_reference", "needs learner.backend=deepspeed and learner.zero_stage=3")
 
 
 @dataclass
@@ -323,11 +348,15 @@ class PlacementConfig:
     #                     learner rank i % ranks's bundle, sharing its GPU (CUDA IPC sync)
     strategy: str = "PACK"  # Ray placement-group strategy for those bundles
     timeout_s: float = 600.0  # waiting for the cluster to have room (autoscaler included)
+    # memory of each GPU, GB: `skill1 train` checks the layout's per-GPU budget against it before any actor
+    # starts (skill1/plan.py, `skill1 plan`); None: no check (CPU runs)
+    gpu_memory_gb: Optional[float] = None
 
     def validate(self) -> None:
         _one_of(self.mode, "placement.mode", ("none", "split", "colocate"))
         _one_of(self.strategy, "placement.strategy", ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
         _check(self.timeout_s > 0, "placement.timeout_s", "must be > 0")
+        _check(self.gpu_memory_gb is None or self.gpu_memory_gb > 0, "placement.gpu_memory_gb", "must be > 0")
 
 
 @dataclass
@@ -426,7 +455,8 @@ BOUNDS: dict[str, str] = {
     "learner.kl_coef": "[0, 1000]", "learner.is_cap": "[1, 1e6]", "learner.ppo_epochs": "[1, 1000]",
     "learner.mini_batches": "[1, 1e6]", "learner.micro_batch_tokens": "[64, 1e9]",
     "learner.weight_sync_bucket_mb": "(0, 1e6]", "learner.max_nonfinite_skips": "[1, 1000]",
-    "placement.timeout_s": "(0, 1e7]",
+    "learner.zero_bucket_elements": "[1e5, 1e10]", "rollout.gpu_memory_utilization": "(0, 1]", "rollout.weight_load_bucket_mb": "(0, 4096)",
+    "placement.timeout_s": "(0, 1e7]", "placement.gpu_memory_gb": "(0, 1e4]",
     "logging.sample_skills": "[0, 1e6]",
 }
 

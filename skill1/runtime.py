@@ -58,8 +58,10 @@ def rendezvous_host(placement_group=None) -> str:
 class SamplerHost:
     """Actor body for one sampler backend: generate, take weights, report its weights version."""
 
-    def __init__(self, backend: str, model_path: str, dtype: str, seed: int, scripted_latency_s: float = 0.0):
-        self.sampler = make_sampler(backend, model_path, dtype, seed, scripted_latency_s=scripted_latency_s)
+    def __init__(self, backend: str, model_path: str, dtype: str, seed: int, scripted_latency_s: float = 0.0,
+                 engine_kwargs: dict | None = None):
+        self.sampler = make_sampler(backend, model_path, dtype, seed, scripted_latency_s=scripted_latency_s,
+                                    engine_kwargs=engine_kwargs)
 
     def generate(self, prompts, params, seeds=None, constraints=None) -> GenerationBatch:
         return GenerationBatch(self.sampler.version, self.sampler.generate(prompts, params, seeds, constraints))
@@ -90,7 +92,7 @@ class SamplerHost:
 
         device = getattr(self.sampler, "device", "cuda" if torch.cuda.is_available() else "cpu")
         flat = torch.empty(self.layout.numel, dtype=getattr(torch, self.layout.dtype), device=device)
-        self.channel.broadcast(flat)
+        self.channel.receive(flat, self.layout)
         self.sampler.load_weights(packet_from_flat(version, self.layout, flat))
         return self.sampler.version
 
@@ -300,7 +302,8 @@ def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, wi
                                                 num_gpus=r.num_gpus_per_sampler, max_restarts=r.max_sampler_restarts,
                                                 runtime_env=_sampler_env(cfg), **sampler_opts[i])
                 # one seed for all: per-request seeds make a draw independent of the sampler it lands on
-                .remote(r.backend, model_path, cfg.model.dtype, cfg.algorithm.seed, r.scripted_latency_s)
+                .remote(r.backend, model_path, cfg.model.dtype, cfg.algorithm.seed, r.scripted_latency_s,
+                        r.engine_kwargs())
                 for i in range(r.num_samplers)]
     # threaded: submit/poll reach it while its streaming loop runs
     worker = ray.remote(RolloutWorker).options(name=f"{cfg.name}:rollout-worker", num_cpus=0.25,

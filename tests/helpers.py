@@ -12,7 +12,8 @@ from skill1.types import Candidate, Episode, Task
 # machine (README "Running on a GPU cluster"; tests/test_e2e.py trains the WebShop one so, test_config.py validates all)
 CPU_OVERRIDES = ["rollout.backend=hf", "rollout.num_samplers=1", "rollout.num_gpus_per_sampler=0",
                  "rollout.num_cpus_per_sampler=0.5", "learner.num_ranks=1", "learner.num_gpus=0", "learner.num_cpus=0.5",
-                 "learner.zero_stage=2", "learner.weight_sync=object_store", "placement.mode=none"]
+                 "learner.zero_stage=2", "learner.shard_reference=false", "learner.weight_sync=object_store",
+                 "placement.mode=none"]
 
 
 def drive(task: Task, tokenizer, settings: EpisodeSettings, policy: Callable[[Generate], str],

@@ -71,7 +71,7 @@ ENV_CONVENTIONS = {  # env -> (max steps, invalid-action penalty, eval split, ev
 }
 # what may differ between the 7B and the 1.5B config of one benchmark: the model and where things run
 LAYOUT_KEYS = {"name", "model.path", "rollout.num_samplers", "learner.num_ranks", "learner.zero_stage",
-               "learner.micro_batch_tokens"}
+               "learner.micro_batch_tokens", "learner.gradient_checkpointing", "learner.shard_reference"}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

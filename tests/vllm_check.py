@@ -38,7 +38,8 @@ def run(model_dir: str, request: dict) -> dict:
 
     prompts = request["prompts"]
     t0 = time.perf_counter()
-    sampler = VLLMSampler(model_dir, seed=0)
+    # 64 KiB pieces: every load goes in many staging RPCs, so reassembly is what the phases below test
+    sampler = VLLMSampler(model_dir, seed=0, load_bucket_bytes=request.get("load_bucket_bytes", 64 * 2**10))
     out = {"startup_s": time.perf_counter() - t0, "eos_ids": sampler.eos_ids, "phases": []}
 
     def gen(temperature, top_p, max_new, ps=prompts, seeds=None):
@@ -64,6 +65,7 @@ def run(model_dir: str, request: dict) -> dict:
         t = time.perf_counter()
         sampler.load_weights(read_packet(path))
         out.setdefault("load_s", []).append(time.perf_counter() - t)
+        out.setdefault("load_rpcs", []).append(sampler.load_rpcs)
         out["phases"].append(phase(full=False))
     sampler.close()
     return out

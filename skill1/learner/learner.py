@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import random
@@ -23,11 +24,11 @@ from skill1.learner.batching import MicroBatch, collate, split_by_token_budget
 from skill1.learner.forward import response_logprobs
 from skill1.learner.safe_load import load as safe_load
 from skill1.learner.safe_load import weights_only_deepspeed
-from skill1.learner.weight_sync import (CollectiveChannel, WeightsLayout, cuda_ipc_handle, digest, flat_weights,
-                                        gloo_on_loopback, is_loopback, keep_collectives_on_loopback, layout_of,
-                                        pack_state)
+from skill1.learner.weight_sync import (CollectiveChannel, WeightsLayout, bucket_bounds, cuda_ipc_handle,
+                                        gloo_on_loopback, host_packet, is_loopback, keep_collectives_on_loopback,
+                                        layout_of)
 from skill1.models.tiny import load_policy
-from skill1.types import TrainSample, WeightsPacket
+from skill1.types import Stage, TrainSample, WeightsPacket
 
 
 def _free_port() -> int:
@@ -54,6 +55,47 @@ def join_learner_group(rank: int, world: int, store_host: str, store_port: int, 
                             world_size=world, timeout=timeout)
 
 
+def deepspeed_config(cfg: LearnerConfig, bf16: bool, on_gpu: bool) -> dict:
+    """The learner's DeepSpeed config (pure: tested without DeepSpeed)."""
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,  # boundaries are set by hand: micro-batch counts vary
+        "zero_optimization": {"stage": cfg.zero_stage, **(_gpu_zero(cfg) if on_gpu else {})},
+        "bf16": {"enabled": bf16},
+        "gradient_clipping": cfg.max_grad_norm,
+        # torch_adam avoids compiling DeepSpeed's CPU Adam extension on first use
+        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                                                   "torch_adam": True}},
+        "steps_per_print": 2**31 - 1,
+    }
+    if bf16 and cfg.fp32_grad_accum and cfg.zero_stage >= 1:  # ZeRO-0 takes no mix of bf16 weights, fp32 grads
+        ds_config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return ds_config
+
+
+def _gpu_zero(cfg: LearnerConfig) -> dict:
+    """Overlapped, contiguous gradient communication with bounded buffers: DeepSpeed's default buckets (5e8
+    elements) cost ~9 GB a GPU under ZeRO-2 with overlap_comm; skill1/plan.py counts what these take."""
+    n = int(cfg.zero_bucket_elements)
+    zero = {"overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": n}
+    if cfg.zero_stage == 3:
+        zero.update(stage3_prefetch_bucket_size=n, stage3_max_live_parameters=n)
+    else:
+        zero["allgather_bucket_size"] = n
+    return zero
+
+
+def reference_engine(model: torch.nn.Module, bf16: bool):
+    """The frozen KL reference partitioned like a ZeRO-3 policy (no optimizer): 1/N of its weights per rank.
+    Its forward gathers parameters layer by layer, a collective every rank must run alike."""
+    import deepspeed
+
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "bf16": {"enabled": bf16},
+              "steps_per_print": 2**31 - 1}
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine.module
+
+
 def deepspeed_engine(model: torch.nn.Module, cfg: LearnerConfig, bf16: bool):
     """A DeepSpeed engine over the learner ranks (one unless `join_learner_group` ran first); on CPU it
     needs the CPU accelerator and gloo, set before import. On GPU: ZeRO-2/3 with bf16, overlapped comms."""
@@ -74,20 +116,8 @@ def deepspeed_engine(model: torch.nn.Module, cfg: LearnerConfig, bf16: bool):
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
-    ds_config = {
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,  # boundaries are set by hand: micro-batch counts vary
-        "zero_optimization": {"stage": cfg.zero_stage,
-                              **({"overlap_comm": True, "contiguous_gradients": True} if on_gpu else {})},
-        "bf16": {"enabled": bf16},
-        "gradient_clipping": cfg.max_grad_norm,
-        # torch_adam avoids compiling DeepSpeed's CPU Adam extension on first use
-        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
-                                                   "torch_adam": True}},
-        "steps_per_print": 2**31 - 1,
-    }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
-                                      config=ds_config)
+                                      config=deepspeed_config(cfg, bf16, on_gpu))
     restore_gloo()
     return engine
 
@@ -123,11 +153,16 @@ class Learner:
         self.reference, _ = load_policy(model_path, dtype=dtype, device=device)
         self.reference.eval().requires_grad_(False)
         model.train()
+        if cfg.gradient_checkpointing:  # activations of one layer at a time, recomputed in the backward pass
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.device = torch.device(device)
         self.engine = None
         if cfg.backend == "deepspeed":
             self.engine = deepspeed_engine(model, cfg, bf16=dtype == "bfloat16")
             self.model = self.engine.module
+            if cfg.shard_reference:
+                self.reference = reference_engine(self.reference, bf16=dtype == "bfloat16")
         else:
             self.model = model
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -160,11 +195,14 @@ class Learner:
                 # gradients (divides by world), so each rank divides its token sum by global tokens / world;
                 # a per-rank token mean would weigh a token of a rank with few tokens more
                 denom = max(self._all_ranks_sum(num_tokens), 1) / self.world
-                if not micro:  # this rank's shard ran out: join the gradient all-reduce with zeros
-                    self._empty_step()
+                # every rank runs the same number of forward/backward passes: ZeRO-3 gathers parameters in each
+                # forward and ZeRO reduces gradients in each backward, collectives that hang when one rank runs
+                # more of them; a rank with fewer micro-batches pads with zero-loss passes
+                n_micro = max(self._all_ranks_max(len(micro)), 1) if self.world > 1 else len(micro)
                 step_totals, finite = {}, True
-                for j, mb in enumerate(micro):
-                    stats = self._micro_step(mb, denom, boundary=j == len(micro) - 1)
+                for j in range(n_micro):
+                    mb = micro[j] if j < len(micro) else None
+                    stats = self._micro_step(mb, denom, boundary=j == n_micro - 1)
                     finite = finite and stats is not None
                     for k, v in (stats or {}).items():
                         step_totals[k] = step_totals.get(k, 0.0) + v * mb.num_tokens
@@ -206,7 +244,11 @@ class Learner:
     def _with_proximal(self, samples: list[TrainSample]) -> list[TrainSample]:
         """The same samples carrying this learner's log-probs of their tokens, before any step."""
         pad, out = self.tokenizer.pad_token_id, []
-        for group in split_by_token_budget(samples, self.cfg.micro_batch_tokens):
+        groups = split_by_token_budget(samples, self.cfg.micro_batch_tokens)
+        if self.world > 1:  # the same number of forwards on every rank (ZeRO-3 gathers in each)
+            for _ in range(self._all_ranks_max(len(groups)) - len(groups)):
+                response_logprobs(self.model, self._padding_batch(), self.temperature)
+        for group in groups:
             mb = collate(group, pad)
             logp = response_logprobs(self.model, mb, self.temperature).float().cpu()
             offset = 0
@@ -223,18 +265,34 @@ class Learner:
         size = -(-len(order) // m)
         return [order[i:i + size] for i in range(0, len(order), size)]
 
-    def _empty_step(self) -> None:
-        zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-        self.engine.set_gradient_accumulation_boundary(True)
-        self.engine.backward(zero, scale_wrt_gas=False)
+    def _padding_batch(self) -> MicroBatch:
+        """One generated token of padding: a real forward (so ZeRO-3's gathers run as on the other ranks)."""
+        pad = self.tokenizer.pad_token_id
+        return collate([TrainSample([pad, pad], 1, [0.0], 0.0, Stage.ACT)], pad)
+
+    def _padding_step(self, boundary: bool) -> None:
+        """A forward and backward whose loss is 0 times the log-prob: zero gradients, the same collectives."""
+        pad = self._padding_batch()
+        if self.cfg.shard_reference and self.cfg.kl_coef > 0:  # the reference's forward gathers too
+            with torch.no_grad():
+                response_logprobs(self.reference, pad, self.temperature)
+        loss = response_logprobs(self.model, pad, self.temperature).sum() * 0.0
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss, scale_wrt_gas=False)
 
     def _all_ranks_sum(self, n: int) -> int:
+        return self._all_reduce_int(n, "SUM")
+
+    def _all_ranks_max(self, n: int) -> int:
+        return self._all_reduce_int(n, "MAX")
+
+    def _all_reduce_int(self, n: int, op: str) -> int:
         if self.world == 1:
             return n
         import torch.distributed as dist
 
         total = torch.tensor([n], dtype=torch.int64, device=self.device)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        dist.all_reduce(total, op=getattr(dist.ReduceOp, op))
         return int(total.item())
 
     def _all_ranks_agree(self, applied: bool) -> bool:
@@ -250,8 +308,12 @@ class Learner:
                                f"step the others skipped as non-finite; their weights now differ")
         return applied
 
-    def _micro_step(self, mb: MicroBatch, denom: float, boundary: bool) -> dict[str, float] | None:
-        """Forward + backward of one micro-batch; None when its loss is not finite (the step will be skipped)."""
+    def _micro_step(self, mb: MicroBatch | None, denom: float, boundary: bool) -> dict[str, float] | None:
+        """Forward + backward of one micro-batch; None when its loss is not finite (the step will be skipped).
+        `mb` None: a padding pass (`_padding_step`), for a rank with fewer micro-batches than another."""
+        if mb is None:
+            self._padding_step(boundary)
+            return {}
         logp = response_logprobs(self.model, mb, self.temperature)
         with torch.no_grad():
             ref_logp = response_logprobs(self.reference, mb, self.temperature) if self.cfg.kl_coef > 0 else None
@@ -308,17 +370,39 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         return norm if applied else None
 
-    def _gathered(self):
-        """ZeRO-3 shards parameters across ranks: gather them to read whole weights."""
+    def _gathered(self, params: list | None = None):
+        """ZeRO-3 shards parameters across ranks: gather them (all, or `params`) to read whole weights; a
+        collective, so every rank enters it."""
         if self.engine is not None and self.cfg.zero_stage == 3:
             import deepspeed
 
-            return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
+            return deepspeed.zero.GatheredParameters(list(self.model.parameters()) if params is None else params)
         return contextlib.nullcontext()
 
-    def get_weights(self) -> WeightsPacket:
-        with self._gathered():
-            return pack_state(self.model, self.version)
+    def _weight_buckets(self):
+        """Rank 0's weights bucket by bucket (`bucket_bounds` of `learner.weight_sync_bucket_mb`), as
+        `(start, end, chunk)` with chunk None on the other ranks. Under ZeRO-3 every rank must run it to the
+        end: each bucket is its own gather, so at most one bucket is ever whole on a rank besides its shard."""
+        params = [p for _, p in self.model.named_parameters()]
+        bounds = bucket_bounds(self.weights_layout(), int(self.cfg.weight_sync_bucket_mb * 2**20))
+        for first, stop, start, end in bounds:
+            with self._gathered(params[first:stop]):
+                chunk = torch.cat([p.detach().reshape(-1) for p in params[first:stop]]) if self.rank == 0 else None
+                yield start, end, chunk
+
+    def _flat_copy(self, device: str | torch.device) -> torch.Tensor | None:
+        """All weights back to back in one new buffer on `device` (rank 0; None on the others)."""
+        layout = self.weights_layout()
+        flat = torch.empty(layout.numel, dtype=getattr(torch, layout.dtype), device=device) if self.rank == 0 else None
+        for start, end, chunk in self._weight_buckets():
+            if flat is not None:
+                flat[start:end].copy_(chunk)
+        return flat
+
+    def get_weights(self) -> WeightsPacket | None:
+        """The weights as one host packet (object-store transport); None on ranks other than 0."""
+        flat = self._flat_copy("cpu")
+        return host_packet(self.version, self.weights_layout(), flat) if flat is not None else None
 
     # weight-sync transports other than the object store (see skill1.learner.weight_sync)
     def weights_layout(self) -> WeightsLayout:
@@ -330,21 +414,37 @@ class Learner:
         return ray.util.get_node_ip_address(), _free_port()
 
     def open_channel(self, host: str, port: int, world: int, backend: str, bucket_bytes: int) -> None:
-        self.channel = CollectiveChannel(host, port, 0, world, backend, bucket_bytes)
+        """Rank 0 joins the weights group; the other ranks only take part in the gathers (ZeRO-3)."""
+        if self.rank == 0:
+            self.channel = CollectiveChannel(host, port, 0, world, backend, bucket_bytes)
 
     def broadcast_weights(self) -> dict:
-        with self._gathered():
-            buckets = self.channel.broadcast(flat_weights(self.model))
+        """Rank 0 broadcasts bucket by bucket, as the samplers' `CollectiveChannel.receive` expects; every rank
+        calls it under ZeRO-3 (the gathers are collectives)."""
+        buckets = 0
+        for _, _, chunk in self._weight_buckets():
+            if chunk is not None:
+                self.channel.broadcast(chunk)
+                buckets += 1
         return {"version": self.version, "buckets": buckets}
 
-    def weights_digest(self) -> str:
-        with self._gathered():
-            return digest(flat_weights(self.model))
+    def weights_digest(self) -> str | None:
+        """sha256 of the flat weights, as `digest` hashes a whole buffer (rank 0; None on the others)."""
+        h = hashlib.sha256()
+        for _, _, chunk in self._weight_buckets():
+            if chunk is not None:
+                h.update(chunk.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest() if self.rank == 0 else None
 
     def cuda_ipc_weights(self):
-        with self._gathered():
-            self._ipc_flat = flat_weights(self.model).contiguous()  # kept alive until the next sync
-        return cuda_ipc_handle(self._ipc_flat)
+        """A CUDA IPC handle to rank 0's flat weights buffer (kept alive, and reused, until the next sync)."""
+        layout = self.weights_layout()
+        if self.rank == 0 and getattr(self, "_ipc_flat", None) is None:
+            self._ipc_flat = torch.empty(layout.numel, dtype=getattr(torch, layout.dtype), device=self.device)
+        for start, end, chunk in self._weight_buckets():
+            if chunk is not None:
+                self._ipc_flat[start:end].copy_(chunk)
+        return cuda_ipc_handle(self._ipc_flat) if self.rank == 0 else None
 
     def save_state(self, out_dir: str) -> None:
         """Everything to continue training: weights, optimizer (DeepSpeed checkpoint, every rank writes its

@@ -26,13 +26,23 @@ def _named_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(n, p.detach()) for n, p in model.named_parameters()]
 
 
+def _shape(p: torch.Tensor) -> tuple[int, ...]:
+    # ZeRO-3 partitions a parameter: outside a gather its `.data` is an empty placeholder and `ds_shape` is the
+    # whole parameter's shape
+    return tuple(getattr(p, "ds_shape", p.shape))
+
+
 def pack_state(model: torch.nn.Module, version: int) -> WeightsPacket:
     named = _named_tensors(model)
     dtype = named[0][1].dtype
     flat = torch.cat([t.reshape(-1).to("cpu", dtype) for _, t in named])
-    array = flat.view(_VIEW_AS.get(dtype, dtype)).numpy()
-    return WeightsPacket(version=version, names=[n for n, _ in named], shapes=[tuple(t.shape) for _, t in named],
-                         dtype=str(dtype).removeprefix("torch."), flat=array)
+    return host_packet(version, layout_of(model), flat)
+
+
+def host_packet(version: int, layout: "WeightsLayout", flat: torch.Tensor) -> WeightsPacket:
+    """A packet for the object store: the flat buffer as a host numpy array (16-bit floats as int16)."""
+    array = flat.cpu().view(_VIEW_AS.get(flat.dtype, flat.dtype)).numpy()
+    return WeightsPacket(version=version, names=layout.names, shapes=layout.shapes, dtype=layout.dtype, flat=array)
 
 
 def unpack(packet: WeightsPacket) -> dict[str, torch.Tensor]:
@@ -162,8 +172,32 @@ class WeightsLayout:
 
 def layout_of(model: torch.nn.Module) -> WeightsLayout:
     named = _named_tensors(model)
-    return WeightsLayout([n for n, _ in named], [tuple(t.shape) for _, t in named],
+    return WeightsLayout([n for n, _ in named], [_shape(p) for _, p in model.named_parameters()],
                          str(named[0][1].dtype).removeprefix("torch."))
+
+
+def bucket_bounds(layout: WeightsLayout, bucket_bytes: int) -> list[tuple[int, int, int, int]]:
+    """Whole parameters grouped, in order, into buckets of at most `bucket_bytes` (a larger parameter is a bucket
+    of its own): `(first, stop, start, end)`, parameter indices and element offsets into the flat buffer.
+    The learner and every sampler derive the same bounds from the layout, so each receiver knows which slice of
+    its buffer a broadcast fills, and a ZeRO-3 learner gathers one bucket at a time, never the whole model."""
+    size = torch.tensor([], dtype=getattr(torch, layout.dtype)).element_size()
+    out, first, start, filled = [], 0, 0, 0
+    for i, shape in enumerate(layout.shapes):
+        n = int(np.prod(shape)) if shape else 1
+        if i > first and (filled + n) * size > bucket_bytes:
+            out.append((first, i, start, start + filled))
+            first, start, filled = i, start + filled, 0
+        filled += n
+    if layout.shapes:
+        out.append((first, len(layout.shapes), start, start + filled))
+    return out
+
+
+def wire_dtype(backend: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a buffer travels as in a collective: gloo has no bfloat16, so 16-bit floats go as int16 (the
+    same bits); NCCL has bfloat16 and float16 but no int16 (`Short`), so they go as themselves."""
+    return _VIEW_AS.get(dtype, dtype) if backend == "gloo" else dtype
 
 
 def flat_weights(model: torch.nn.Module) -> torch.Tensor:
@@ -174,7 +208,7 @@ def flat_weights(model: torch.nn.Module) -> torch.Tensor:
 
 class CollectiveChannel:
     """A process group of its own (rank 0 = the learner, ranks 1.. = samplers), apart from the learner's
-    DeepSpeed group; `broadcast` sends rank 0's flat buffer to every other rank in buckets."""
+    DeepSpeed group; `broadcast` sends one bucket of rank 0's weights (`bucket_bounds`) to every other rank."""
 
     def __init__(self, host: str, port: int, rank: int, world: int, backend: str, bucket_bytes: int,
                  timeout_s: float = 600):
@@ -182,7 +216,7 @@ class CollectiveChannel:
 
         import torch.distributed as dist
 
-        self.dist, self.rank, self.bucket_bytes = dist, rank, bucket_bytes
+        self.dist, self.rank, self.bucket_bytes, self.backend = dist, rank, bucket_bytes, backend
         if is_loopback(host):
             keep_collectives_on_loopback()
         if rank == 0:
@@ -197,16 +231,18 @@ class CollectiveChannel:
         else:
             raise ValueError(f"collective weight sync: backend must be 'nccl' or 'gloo', got {backend!r}")
 
-    def broadcast(self, flat: torch.Tensor) -> int:
-        """One broadcast per bucket (bounded staging memory, still few calls); returns the bucket count."""
-        wire = flat.view(_VIEW_AS.get(flat.dtype, flat.dtype))  # gloo has no bfloat16; the bits are the same
-        step = max(1, self.bucket_bytes // wire.element_size())
+    def broadcast(self, chunk: torch.Tensor) -> None:
+        """One bucket from rank 0 into the same-sized (contiguous) `chunk` of every other rank, in place."""
         opts = self.dist.BroadcastOptions()
         opts.rootRank = 0
-        chunks = wire.split(step)
-        for chunk in chunks:
-            self.pg.broadcast([chunk], opts).wait()
-        return len(chunks)
+        self.pg.broadcast([chunk.view(wire_dtype(self.backend, chunk.dtype))], opts).wait()
+
+    def receive(self, flat: torch.Tensor, layout: WeightsLayout) -> int:
+        """A sampler's side of one sync: every bucket into its slice of `flat`; returns the bucket count."""
+        bounds = bucket_bounds(layout, self.bucket_bytes)
+        for _, _, start, end in bounds:
+            self.broadcast(flat[start:end])
+        return len(bounds)
 
 
 def digest(flat) -> str:

@@ -194,7 +194,7 @@ class HFSampler:
 
 
 def make_sampler(backend: str, model_path: str, dtype: str, seed: int, device: str | None = None,
-                 scripted_latency_s: float = 0.0) -> Sampler:
+                 scripted_latency_s: float = 0.0, engine_kwargs: dict | None = None) -> Sampler:
     """The backend named by `rollout.backend`."""
     if backend == "hf":
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -206,5 +206,5 @@ def make_sampler(backend: str, model_path: str, dtype: str, seed: int, device: s
     if backend == "vllm":
         from skill1.rollout.vllm import VLLMSampler  # imports vLLM only when asked for
 
-        return VLLMSampler(model_path, dtype=dtype, seed=seed)
+        return VLLMSampler(model_path, dtype=dtype, seed=seed, **(engine_kwargs or {}))
     raise ValueError(f"rollout.backend: unknown sampler backend {backend!r} (available: 'hf', 'scripted', 'vllm')")

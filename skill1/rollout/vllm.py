@@ -24,17 +24,49 @@ _EXTENSION = f"{__name__}.WeightLoaderExtension"
 class WeightLoaderExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`): methods callable by `LLM.collective_rpc`."""
 
-    def skill1_load_weights(self, names: list[str], shapes: list[list[int]], dtype: str, flat: bytes,
-                            np_dtype: str) -> int:
+    def skill1_stage_weights(self, offset: int, total: int, chunk: bytes) -> str:
+        """One piece of the flat weights buffer, as raw bytes at `offset`, into a staging buffer on the worker's
+        device (one RPC stays far below msgpack's 4 GiB limit on a message); returns the buffer's device."""
+        import warnings
+
+        import torch
+
+        staging = getattr(self, "_skill1_staging", None)
+        if staging is None or staging.numel() != total or offset == 0:
+            staging = self._skill1_staging = torch.empty(total, dtype=torch.uint8, device=self._skill1_device())
+            self._skill1_staged = set()
+        with warnings.catch_warnings():  # msgpack hands us read-only bytes; they are only read
+            warnings.simplefilter("ignore", UserWarning)
+            piece = torch.frombuffer(chunk, dtype=torch.uint8)
+        staging[offset:offset + piece.numel()].copy_(piece)
+        self._skill1_staged.add((offset, piece.numel()))
+        return str(staging.device)
+
+    def skill1_load_staged(self, names: list[str], shapes: list[list[int]], dtype: str) -> int:
+        """Load the staged buffer into the model in place, then free it; refused unless the pieces tile it."""
+        import contextlib
+
+        import torch
+
         from skill1.learner.weight_sync import unpack
 
-        flat = np.frombuffer(flat, dtype=np_dtype)
-        tensors = unpack(WeightsPacket(-1, names, [tuple(s) for s in shapes], dtype, flat))
+        staging, self._skill1_staging = self._skill1_staging, None
+        end = 0
+        for offset, size in sorted(self._skill1_staged):  # a lost or misplaced piece must not become the policy
+            if offset != end:
+                raise ValueError(f"vLLM weight load: bytes [{end}, {offset}) of the weights never arrived")
+            end = offset + size
+        if staging is None or end != staging.numel():
+            raise ValueError(f"vLLM weight load: {end} bytes staged of {0 if staging is None else staging.numel()}")
+        tensors = unpack(WeightsPacket(-1, names, [tuple(s) for s in shapes], dtype,
+                                       staging.view(getattr(torch, dtype))))
+        device = self._skill1_device()
         # reload_weights, not model.load_weights: after loading, CPU (oneDNN) and quantised kernels repack the
         # weights and drop the loadable params; the in-place reload restores them, loads, and repacks.
         # The model's loader maps HF names onto fused params (q/k/v → qkv_proj, gate/up → gate_up_proj);
         # a tied lm_head is absent from the packet (named_parameters lists it once, as embed_tokens).
-        self.reload_weights(weights_iterator=iter(tensors.items()))
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            self.reload_weights(weights_iterator=iter(tensors.items()))
         # A tied lm_head receives no weights of its own, so the reload leaves its CPU kernel (a packed copy of
         # the old embedding) alone: repack it from the new embedding.
         model = self.model_runner.model
@@ -42,6 +74,11 @@ class WeightLoaderExtension:
         if getattr(getattr(model, "config", None), "tie_word_embeddings", False) and hasattr(head, "quant_method"):
             head.quant_method.process_weights_after_loading(head)
         return len(tensors)
+
+    def _skill1_device(self):
+        import torch
+
+        return torch.device(getattr(self, "device", None) or "cpu")
 
 
 def _cpu_defaults() -> None:
@@ -56,7 +93,7 @@ class VLLMSampler:
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool | None = None,
-                 max_model_len: int | None = None, **llm_kwargs):
+                 max_model_len: int | None = None, load_bucket_bytes: int = 512 * 2**20, **llm_kwargs):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
 
@@ -79,6 +116,8 @@ class VLLMSampler:
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
         self.seed, self.rng = seed, np.random.default_rng(seed)
         self.version = 0
+        self.load_bucket_bytes = load_bucket_bytes
+        self.load_rpcs = 0  # staging RPCs of the last load
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None,
                  constraints: list | None = None) -> list[Generated]:
@@ -111,16 +150,22 @@ class VLLMSampler:
         return results
 
     def load_weights(self, packet: WeightsPacket) -> None:
-        """One RPC per sync: the flat buffer travels to the worker as one bytes object."""
+        """The flat buffer goes to the worker in pieces of at most `load_bucket_bytes` (vLLM msgpack-encodes an
+        RPC's arguments, and msgspec refuses anything over 2**32 - 1 bytes: a 7B bf16 model is 15.2 GB), staged
+        there on the worker's device, checked to be whole, then loaded in one in-place reload."""
+        from skill1.learner.weight_sync import _VIEW_AS
+
         flat = packet.flat
         if not isinstance(flat, np.ndarray):  # a tensor from a collective / CUDA IPC transport: to host once
-            from skill1.learner.weight_sync import _VIEW_AS
-
             flat = flat.detach().view(_VIEW_AS.get(flat.dtype, flat.dtype)).cpu().numpy()
-        flat = np.ascontiguousarray(flat)
-        # bytes, not the array: collective_rpc's untyped args reach the worker with an ndarray still msgpack-encoded
-        self.llm.collective_rpc("skill1_load_weights", args=(
-            list(packet.names), [list(s) for s in packet.shapes], packet.dtype, flat.tobytes(), flat.dtype.str))
+        raw = np.ascontiguousarray(flat).reshape(-1).view(np.uint8)
+        step, self.load_rpcs = max(1, int(self.load_bucket_bytes)), 0
+        for offset in range(0, raw.size, step):
+            # bytes, not an array: collective_rpc's untyped args reach the worker with an ndarray still encoded
+            self.llm.collective_rpc("skill1_stage_weights", args=(offset, raw.size, raw[offset:offset + step].tobytes()))
+            self.load_rpcs += 1
+        self.llm.collective_rpc("skill1_load_staged", args=(
+            list(packet.names), [list(s) for s in packet.shapes], packet.dtype))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.version = packet.version
 
