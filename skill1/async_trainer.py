@@ -29,6 +29,7 @@ import ray
 
 from skill1.algo.admission import AdmissionController, staleness
 from skill1.algo.batch import episodes_to_samples
+from skill1.config import recompute_proximal
 from skill1.metrics import episode_metrics, fault_metrics
 from skill1.rollout.worker import RolloutRequest, RolloutStats
 from skill1.rollout.requests import fault_policy
@@ -160,7 +161,7 @@ def run_async(ctx: TrainContext, bar) -> dict:
                 training.episodes = [e for e in training.all_episodes if not e.env_failed]
                 credits = compute_credit(training.episodes, cfg)
                 update_refs = fleet.update(episodes_to_samples(training.episodes, credits),
-                                           recompute_proximal=eta > 0 and cfg.learner.recompute_proximal)
+                                           recompute_proximal=recompute_proximal(cfg, eta))
                 t0 = time.perf_counter()
                 training.metrics = {**episode_metrics(training.episodes, credits),
                                     **update_library(ctx.library, ctx.encoder, training.episodes, formed, cfg),

@@ -166,13 +166,17 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     # vLLM: learner -> engine weight loads go in RPCs of at most this much (msgpack refuses one over 4 GiB)
     weight_load_bucket_mb: float = 512.0
+    # vLLM colocated with the learner (placement.mode=colocate), synchronous loop: the engine sleeps (weights to
+    # host memory, KV cache dropped) during each update and wakes for the next rollout, so both fit one GPU
+    sleep_while_training: bool = False
 
     def engine_kwargs(self) -> dict:
         """What the vLLM engine takes from this config (other backends ignore it)."""
         if self.backend != "vllm":
             return {}
         return {"gpu_memory_utilization": self.gpu_memory_utilization,
-                "load_bucket_bytes": int(self.weight_load_bucket_mb * 2**20)}
+                "load_bucket_bytes": int(self.weight_load_bucket_mb * 2**20),
+                "enable_sleep_mode": self.sleep_while_training}
 
     def validate(self) -> None:
         _one_of(self.backend, "rollout.backend", ("hf", "vllm", "scripted"))
@@ -200,6 +204,9 @@ class RolloutConfig:
         # the learner does not recompute: its ratios would be off by the mask's normaliser at every step
         _check(not (self.constrain_actions and self.backend == "vllm"), "rollout.constrain_actions",
                "is implemented for rollout.backend=hf (vLLM reports the masked policy's log-probs)")
+        _check(not self.sleep_while_training or (self.backend == "vllm" and self.mode == "sync"),
+               "rollout.sleep_while_training", "needs rollout.backend=vllm and rollout.mode=sync (an asynchronous "
+               "sampler generates while the learner trains)")
         for stage in ("query", "rerank", "act", "distill"):
             key = f"max_new_tokens_{stage}"
             _check(getattr(self, key) >= 1, f"rollout.{key}", "must be >= 1")
@@ -296,8 +303,10 @@ class LearnerConfig:
     clip_eps: float = 0.2
     kl_coef: float = 0.01
     is_cap: float = 2.0  # truncated importance weight against the behaviour policy
-    # async: recompute the learner's own log-probs as the PPO proximal policy (decoupled PPO, one extra
-    # forward pass); false: the behaviour log-probs are the proximal ones (plain PPO on stale data, cheaper)
+    # recompute the learner's own log-probs as the PPO proximal policy (one extra forward pass) where the
+    # behaviour log-probs are not the learner's: asynchronous training (decoupled PPO on stale data) and vLLM
+    # samplers (other kernels: their numeric gap would clip ratios spuriously); logs learner/logprob_gap.
+    # false: the behaviour log-probs are the proximal ones (cheaper)
     recompute_proximal: bool = True
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per epoch
@@ -478,6 +487,11 @@ def numeric_keys(cls: type | None = None, prefix: str = "") -> list[str]:
 def _interval(spec: str) -> tuple[float, bool, float, bool]:
     lo, hi = (float(x) for x in spec[1:-1].split(","))
     return lo, spec[0] == "(", hi, spec[-1] == ")"
+
+
+def recompute_proximal(cfg: "Skill1Config", eta: int) -> bool:
+    """Whether the learner recomputes proximal log-probs for a batch (see LearnerConfig.recompute_proximal)."""
+    return cfg.learner.recompute_proximal and (eta > 0 or cfg.rollout.backend == "vllm")
 
 
 def check_numbers(cfg: "Skill1Config") -> None:

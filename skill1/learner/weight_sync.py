@@ -269,6 +269,28 @@ def cuda_ipc_handle(flat: torch.Tensor):
     return reduce_tensor(flat)
 
 
+def gpu_key() -> str:
+    """Which physical GPU this process uses: its node and the device's UUID (CUDA_VISIBLE_DEVICES renumbers
+    devices per process, so index 0 in two actors may be two GPUs, or one)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    uuid = torch.cuda.get_device_properties(torch.cuda.current_device()).uuid if torch.cuda.is_available() else None
+    return f"{node}:{uuid}"
+
+
+def ipc_sources(sampler_keys: list[str], learner_keys: list[str]) -> list[int]:
+    """For each sampler, the learner rank on its own GPU (`gpu_key`): the one whose buffer it can map by CUDA
+    IPC. A handle from another GPU would map memory the sampler's device cannot address."""
+    out = []
+    for i, key in enumerate(sampler_keys):
+        if key not in learner_keys:
+            raise ValueError(f"cuda_ipc weight sync: sampler {i} shares no GPU with a learner rank (its GPU {key}, "
+                             f"the learners' {learner_keys}); use placement.mode=colocate, or collective sync")
+        out.append(learner_keys.index(key))
+    return out
+
+
 def open_cuda_ipc(handle) -> torch.Tensor:
     rebuild, args = handle
     return rebuild(*args)

