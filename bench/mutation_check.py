@@ -197,6 +197,28 @@ MUTATIONS: list[Mutation] = [
     _m("wandb_charts_against_its_own_step", "skill1/metrics.py",
        'self.run.define_metric("*", step_metric="iteration")', 'self.run.define_metric("*")',
        [JOINTS, "-k", "wandb"], why="a resumed run continues the same curves"),
+    # --- the GPU paths of issue 17, caught on CPU ---------------------------------------------------------------------
+    _m("nccl_gets_int16", "skill1/learner/weight_sync.py",
+       'return _VIEW_AS.get(dtype, dtype) if backend == "gloo" else dtype', "return _VIEW_AS.get(dtype, dtype)",
+       ["tests/test_weight_wire.py", "-k", "int16"], group="gpu", why="NCCL has no int16: the first sync raises"),
+    _m("zero3_layout_reads_placeholders", "skill1/learner/weight_sync.py",
+       'return tuple(getattr(p, "ds_shape", p.shape))', "return tuple(p.shape)",
+       ["tests/test_zero3.py"], group="gpu", why="samplers would allocate 0-element buffers"),
+    _m("every_rank_broadcasts", "skill1/learner/learner.py",
+       "mine = self.rank == 0 or every_rank", "mine = True",
+       ["tests/test_zero3.py"], group="gpu", why="ranks 1.. have no weights channel"),
+    _m("ranks_run_their_own_micro_batch_count", "skill1/learner/learner.py",
+       "n_micro = max(self._all_ranks_max(len(micro)), 1) if self.world > 1 else len(micro)",
+       "n_micro = len(micro)",
+       ["tests/test_zero3.py"], group="gpu", why="ZeRO-3's gathers hang on the rank with more passes"),
+    _m("vllm_loads_in_one_rpc", "skill1/rollout/vllm.py",
+       "step, self.load_rpcs = max(1, int(self.load_bucket_bytes)), 0", "step, self.load_rpcs = 2**62, 0",
+       ["tests/test_vllm_sampler.py", "-k", "greedy_matches"], group="gpu",
+       why="msgpack refuses a 7B model's 15.2 GB in one message"),
+    _m("ipc_handle_of_rank_0_for_all", "skill1/learner/weight_sync.py",
+       "out.append(learner_keys.index(key))", "out.append(0)",
+       ["tests/test_weight_wire.py", "-k", "colocated_sampler"], group="gpu",
+       why="a sampler would map memory on another GPU"),
 ]
 
 # applied first: the package no longer imports, so any selection must fail; if it passes, the tests did not import
@@ -295,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="run this mutation (repeatable)")
-    p.add_argument("--group", choices=["own", "rollout", "all"], default="all", help="which mutations (default all)")
+    p.add_argument("--group", choices=["own", "rollout", "gpu", "all"], default="all",
+                   help="which mutations (default all)")
     p.add_argument("--list", action="store_true", help="print the mutations and their selections, run nothing")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per selection run (default 600)")
     p.add_argument("--no-baseline", action="store_true", help="skip running each selection unmutated first")

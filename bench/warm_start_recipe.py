@@ -2,6 +2,8 @@
 
     python bench/warm_start_recipe.py --out /tmp/tiny model.warm_start_steps=700 model.hidden_size=256
     python bench/warm_start_recipe.py --out runs/models/tiny-env --measure-only env.max_steps=12 env.history_length=1
+    python bench/warm_start_recipe.py --out runs/models/tiny-env --measure-only --check env.max_steps=8 \
+        env.history_length=1      # exits 1 unless every stage is >= 95% valid under constrained acting
 
 Prints the build time, the provenance (tokenizer, parameters, SFT losses) and, greedy on held-out tasks
 (half of them with library-like candidates): each stage's valid rate and the success rate. The README's
@@ -28,6 +30,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--measure-only", action="store_true",
                    help="measure the policy already in --out, unconstrained and constrained (no build)")
+    p.add_argument("--check", action="store_true",
+                   help="with --measure-only: exit 1 unless every stage's valid rate, constrained (what the "
+                        "quickstart and cpu_study configs run), is at least --bar (issue 13's format competence)")
+    p.add_argument("--bar", type=float, default=0.95)
     p.add_argument("overrides", nargs="*", help="config overrides (model.*, env.max_steps, ...)")
     args = p.parse_args()
 
@@ -50,6 +56,11 @@ def main() -> None:
             result = measure(args.out, dataclasses.replace(settings, constrain_actions=constrain), args.tasks)
             print(json.dumps({"constrain_actions": constrain, "env.max_steps": settings.max_steps,
                               "held_out": {k: round(v, 3) for k, v in result.items()}}))
+        if args.check:
+            below = {k: v for k, v in result.items() if k.endswith("/valid_rate") and v < args.bar}
+            print(f"format competence (constrained), bar {args.bar}: " +
+                  ("met" if not below else "NOT met: " + ", ".join(f"{k} {v:.3f}" for k, v in below.items())))
+            raise SystemExit(1 if below else 0)
         return
     check_model_dir_replaceable(Path(args.out))  # --out replaces a tiny model built before, nothing else
     shutil.rmtree(args.out, ignore_errors=True)
