@@ -126,7 +126,7 @@ def learner_part(model_dir: str, zero: int, lean: bool = False) -> dict:
 def nccl_part() -> dict:
     """The collective weight channel over NCCL (one rank: a single GPU cannot hold two NCCL ranks) in bf16; and
     what today's fix avoids: NCCL refuses int16, the dtype gloo needs for bf16."""
-    from skill1.learner.learner import _free_port
+    from skill1.learner.engine import free_port as _free_port
     from skill1.learner.weight_sync import CollectiveChannel
 
     if not torch.cuda.is_available():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from skill1.config import LearnerConfig
-from skill1.learner.learner import deepspeed_config
+from skill1.learner.engine import deepspeed_config
 from skill1.learner.weight_sync import WeightsLayout, bucket_bounds, wire_dtype
 
 

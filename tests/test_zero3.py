@@ -73,7 +73,7 @@ def _sampler(model_dir: str, port: int, tmp: str) -> None:
 def test_zero3_ranks_with_unequal_micro_batches_train_and_sync_whole_weights(small_model_dir, tmp_path):
     import multiprocessing as mp
 
-    from skill1.learner.learner import _free_port
+    from skill1.learner.engine import free_port as _free_port
     from skill1.learner.weight_sync import layout_of
     from skill1.models.tiny import load_policy
 
