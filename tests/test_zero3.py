@@ -82,10 +82,13 @@ def test_zero3_ranks_with_unequal_micro_batches_train_and_sync_whole_weights(sma
     ctx = mp.get_context("spawn")  # a fresh interpreter per process, as Ray gives each actor
     procs = [ctx.Process(target=_rank, args=(r, small_model_dir, shards[r], port, str(tmp_path))) for r in range(2)]
     procs.append(ctx.Process(target=_sampler, args=(small_model_dir, port, str(tmp_path))))
+    import time
+
     for p in procs:
         p.start()
+    deadline = time.monotonic() + TIMEOUT_S  # one deadline for all: a hang costs TIMEOUT_S, not 3x
     for p in procs:
-        p.join(timeout=TIMEOUT_S)
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
     hung = [p.is_alive() for p in procs]
     for p in procs:
         if p.is_alive():
