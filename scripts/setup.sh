@@ -16,6 +16,7 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "Installing Skill1[$EXTRAS] into .venv (CPU torch; a few minutes the first time)..."
   python -m pip install -q --upgrade pip 2>&1 | quiet
   python -m pip install -q -c constraints.txt "torch==2.13.0" 2>&1 | quiet
-  python -m pip install -q -c constraints.txt -e ".[$EXTRAS]" 2>&1 | quiet
+  # transformers pinned here, not in constraints.txt: .venv-vllm shares that file and needs <5.20 (vLLM 0.32.0)
+  python -m pip install -q -c constraints.txt "transformers==5.24.0" -e ".[$EXTRAS]" 2>&1 | quiet
   touch "$STAMP"
 fi
