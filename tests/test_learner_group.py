@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from skill1.config import load_config
+from skill1.learner.weight_sync import digest
 from skill1.runtime import plan_placement, shard_by_tokens
 from skill1.types import Stage, TrainSample
 
@@ -59,8 +60,9 @@ def test_two_learner_ranks_in_a_placement_group_equal_one_rank_on_the_whole_batc
         metrics = ray.get(fleet.update(samples))
         assert [m["learner/ranks"] for m in metrics] == [2.0, 2.0] and all(m["learner/steps"] == 1 for m in metrics)
         packet = ray.get(fleet.learner.get_weights.remote())
-        other = ray.get(fleet.learners[1].get_weights.remote())
-        assert packet.flat.tobytes() == other.flat.tobytes()  # the ranks stay in step
+        assert ray.get(fleet.learners[1].get_weights.remote()) is None  # one packet, from rank 0
+        digests = ray.get([r.weights_digest.remote(every_rank=True) for r in fleet.learners])
+        assert digests[0] == digests[1] == digest(packet.flat)  # the ranks stay in step
     finally:
         fleet.shutdown()
         ray.shutdown()

@@ -352,13 +352,14 @@ class Learner:
                 buckets += 1
         return {"version": self.version, "buckets": buckets}
 
-    def weights_digest(self) -> str | None:
-        """sha256 of the flat weights, as `digest` hashes a whole buffer (rank 0; None on the others)."""
+    def weights_digest(self, every_rank: bool = False) -> str | None:
+        """sha256 of the flat weights, as `digest` hashes a whole buffer (rank 0; None on the others unless
+        `every_rank`, which lets a check see that the ranks stay in step)."""
         h = hashlib.sha256()
-        for _, _, chunk in self._weight_buckets():
+        for _, _, chunk in self._weight_buckets(every_rank):
             if chunk is not None:
                 h.update(chunk.cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest() if self.rank == 0 else None
+        return h.hexdigest() if self.rank == 0 or every_rank else None
 
     def cuda_ipc_weights(self):
         """A CUDA IPC handle to this rank's flat weights buffer on its own GPU (kept alive, and reused, until the
