@@ -21,15 +21,16 @@ import sys
 import tempfile
 import time
 
+from skill1.config import load_config  # noqa: E402
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from skill1.config import load_config  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def run(mode: str, eta: int, iterations: int, extra: list[str], out: str) -> dict:
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     cfg = load_config(os.path.join(ROOT, "pipelines/configs/quickstart.yaml"), [
         f"output_dir={out}", f"name=bench-{mode}-{eta}", f"rollout.mode={mode}", f"rollout.max_staleness={eta}",

@@ -90,12 +90,12 @@ def summarize_run(run: Path, preset: str, seed: int, wall_s: float) -> dict:
 
 def policy_sha256(overrides: list[str]) -> str:
     """sha256 of the warm-started policy's weights every run starts from (built first if missing)."""
-    from skill1.agent.episode import EpisodeSettings
     from skill1.config import load_config
-    from skill1.models.provision import ensure_policy
+    from skill1.settings import episode_settings
+    from skill1.tiny_policy.provision import ensure_policy
 
     cfg = load_config(str(CONFIG), overrides)
-    ensure_policy(cfg.model, settings=EpisodeSettings.from_config(cfg, training=True))
+    ensure_policy(cfg.model, settings=episode_settings(cfg, training=True))
     return hashlib.sha256((ROOT / cfg.model.path / "model.safetensors").read_bytes()).hexdigest()
 
 

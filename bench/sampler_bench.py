@@ -41,7 +41,7 @@ def _prompts(model_dir: str, batch: int) -> list[list[int]]:
 
 def measure(sampler, prompts, new_tokens: int, reps: int) -> dict:
     """tokens/s per mode: generated tokens (eos included) / wall time, one warm-up call first."""
-    from skill1.rollout.sampler import SamplingParams
+    from skill1.rollout.protocol import SamplingParams
 
     out = {}
     for mode, (t, top_p) in MODES.items():

@@ -39,14 +39,14 @@ def main() -> None:
 
     import torch
 
-    from skill1.agent.episode import EpisodeSettings
     from skill1.config import load_config
-    from skill1.models.competence import measure
-    from skill1.models.provision import ensure_policy
+    from skill1.settings import episode_settings
+    from skill1.tiny_policy.competence import measure
+    from skill1.tiny_policy.provision import ensure_policy
 
     torch.set_num_threads(args.threads)
     cfg = load_config(None, [f"model.path={args.out}", *args.overrides])
-    settings = EpisodeSettings.from_config(cfg, training=True)
+    settings = episode_settings(cfg, training=True)
     from skill1.run_dir import check_model_dir_replaceable
 
     if args.measure_only:

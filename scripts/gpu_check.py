@@ -59,7 +59,7 @@ def samples(vocab_limit: int = 1000):
 
 
 def _ipc_child(handle, queue) -> None:
-    from skill1.learner.weight_sync import digest, open_cuda_ipc
+    from skill1.weights.wire import digest, open_cuda_ipc
 
     flat = open_cuda_ipc(handle)
     queue.put({"digest": digest(flat), "device": str(flat.device), "numel": flat.numel()})
@@ -127,7 +127,7 @@ def nccl_part() -> dict:
     """The collective weight channel over NCCL (one rank: a single GPU cannot hold two NCCL ranks) in bf16; and
     what today's fix avoids: NCCL refuses int16, the dtype gloo needs for bf16."""
     from skill1.learner.engine import free_port as _free_port
-    from skill1.learner.weight_sync import CollectiveChannel
+    from skill1.weights.wire import CollectiveChannel
 
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA"}

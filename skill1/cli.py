@@ -46,7 +46,7 @@ def train_config(args) -> tuple:
 
 
 def _train(args) -> int:
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     cfg, mode = train_config(args)
     if cfg.placement.gpu_memory_gb:  # pre-flight: refuse a layout that cannot fit, before any actor starts
@@ -125,14 +125,14 @@ def _plan(args) -> int:
 def _init_tiny(args) -> None:
     import dataclasses
 
-    from skill1.agent.episode import EpisodeSettings
-    from skill1.models.provision import ensure_policy
+    from skill1.settings import episode_settings
+    from skill1.tiny_policy.provision import ensure_policy
 
     cfg = load_config(args.config, args.overrides)
     model = dataclasses.replace(cfg.model, path=args.out or cfg.model.path)
     if args.warm_start_steps is not None:
         model = dataclasses.replace(model, warm_start_steps=args.warm_start_steps)
-    path = ensure_policy(model, force=True, settings=EpisodeSettings.from_config(cfg, training=True))
+    path = ensure_policy(model, force=True, settings=episode_settings(cfg, training=True))
     print(f"tiny policy written to {path}")
 
 

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import ray
 
-from skill1.agent.episode import EpisodeSettings
 from skill1.config import Skill1Config
 from skill1.envs.registry import make_task_source
-from skill1.rollout.worker import RolloutRequest
 from skill1.runtime import init_ray, start_fleet
-from skill1.rollout.requests import fault_policy, retrieval_settings
-from skill1.types import Episode, Task
+from skill1.settings import episode_settings, fault_policy, retrieval_settings
+from skill1.types import Episode, RolloutRequest, Task
 
 EVAL_TOP_P = 1.0
 
@@ -73,18 +71,18 @@ def eval_request(cfg: Skill1Config, tasks: list[Task], library_version: int | No
                  policy_version: int) -> RolloutRequest:
     """One rollout request for `tasks`: greedy retrieval, `rollout.eval_temperature`, no distillation."""
     return RolloutRequest(tasks, [t.task_id for t in tasks], eval_episode_ids(tasks),
-                          EpisodeSettings.from_config(cfg, training=False), retrieval_settings(cfg, training=False),
+                          episode_settings(cfg, training=False), retrieval_settings(cfg, training=False),
                           cfg.rollout.eval_temperature, EVAL_TOP_P, library_version, policy_version,
                           fault_policy(cfg))
 
 
 def eval_settings(cfg: Skill1Config) -> dict:
     """What the draws depend on besides checkpoint, library and tasks: recorded in the report."""
-    r = cfg.rollout
-    return {"temperature": r.eval_temperature, "top_p": EVAL_TOP_P, "seed": cfg.algorithm.seed,
+    rollout = cfg.rollout
+    return {"temperature": rollout.eval_temperature, "top_p": EVAL_TOP_P, "seed": cfg.algorithm.seed,
             "eval_seed": cfg.env.eval_seed,
-            "backend": r.backend, "dtype": cfg.model.dtype, "torch_threads": r.torch_threads,
-            "num_samplers": r.num_samplers}
+            "backend": rollout.backend, "dtype": cfg.model.dtype, "torch_threads": rollout.torch_threads,
+            "num_samplers": rollout.num_samplers}
 
 
 def summarize(episodes: list[Episode], **extra) -> dict:

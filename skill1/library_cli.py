@@ -272,7 +272,8 @@ def library_show(args) -> None:
 
 
 def library_search(args) -> None:
-    from skill1.library.retrieval import RetrievalSettings, retrieve
+    from skill1.library.retrieval import retrieve
+    from skill1.types import RetrievalSettings
 
     if args.k < 1:
         raise CommandError(f"-k must be >= 1, got {args.k}")

@@ -173,14 +173,14 @@ def budget(m: ModelShape, lay: Layout) -> Budget:
 
 def layout_of_config(cfg, gpu_gb: float) -> Layout:
     """The Layout a Skill1Config asks for, on GPUs of `gpu_gb` GB."""
-    lr, r = cfg.learner, cfg.rollout
-    return Layout(gpu_gb=gpu_gb, ranks=lr.num_ranks, zero_stage=lr.zero_stage,
-                  dtype_bytes=4 if cfg.model.dtype == "float32" else 2, fp32_grad_accum=lr.fp32_grad_accum,
-                  shard_reference=lr.shard_reference, kl=lr.kl_coef > 0,
-                  gradient_checkpointing=lr.gradient_checkpointing, micro_batch_tokens=lr.micro_batch_tokens,
-                  zero_bucket_elements=int(lr.zero_bucket_elements),
-                  weight_sync=lr.weight_sync, bucket_bytes=int(lr.weight_sync_bucket_mb * 2**20),
-                  sampler_gpu_memory_utilization=r.gpu_memory_utilization if r.backend == "vllm" else 0.0,
+    learner, rollout = cfg.learner, cfg.rollout
+    return Layout(gpu_gb=gpu_gb, ranks=learner.num_ranks, zero_stage=learner.zero_stage,
+                  dtype_bytes=4 if cfg.model.dtype == "float32" else 2, fp32_grad_accum=learner.fp32_grad_accum,
+                  shard_reference=learner.shard_reference, kl=learner.kl_coef > 0,
+                  gradient_checkpointing=learner.gradient_checkpointing, micro_batch_tokens=learner.micro_batch_tokens,
+                  zero_bucket_elements=int(learner.zero_bucket_elements),
+                  weight_sync=learner.weight_sync, bucket_bytes=int(learner.weight_sync_bucket_mb * 2**20),
+                  sampler_gpu_memory_utilization=rollout.gpu_memory_utilization if rollout.backend == "vllm" else 0.0,
                   colocate=cfg.placement.mode == "colocate")
 
 

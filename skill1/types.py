@@ -146,3 +146,88 @@ class WeightsPacket:
     @property
     def num_bytes(self) -> int:
         return int(self.flat.nbytes)
+
+
+@dataclass(frozen=True)
+class EnvFaultPolicy:
+    """How a rollout treats environment faults (part of every rollout request)."""
+
+    step_timeout_s: float = 60.0  # per reset/step; a pool call's deadline is this times its operations
+    max_env_retries: int = 2  # re-queues of one episode after environment faults
+
+
+# --- what a rollout takes and returns (driver ↔ rollout worker ↔ samplers) ------------------------------------------
+
+
+@dataclass
+class Generated:
+    """One completion: its token ids, the behaviour log-prob of each, and its text."""
+
+    response_ids: list[int]
+    logprobs: list[float]
+    text: str
+
+
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """What one episode needs to know; built once per iteration from the config."""
+
+    use_library: bool
+    enable_query_generation: bool
+    enable_rerank: bool
+    enable_distillation: bool
+    max_steps: int
+    history_length: int
+    max_skill_chars: int
+    max_new_tokens: dict  # Stage -> int
+    constrain_actions: bool = False  # decode acting steps under the admissible-action grammar
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """Retrieve `top_m` by similarity, re-score with UCB, hand the policy `top_k` candidates."""
+
+    top_k: int = 3
+    top_m: int = 16
+    exploration: float = 0.5  # UCB c; 0 = greedy
+    similarity_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """One batch of episodes to run: tasks with their group and episode ids, and what to pin."""
+
+    tasks: list[Task]
+    group_ids: list[str]
+    episode_ids: list[str]
+    settings: EpisodeSettings
+    retrieval: RetrievalSettings
+    temperature: float
+    top_p: float
+    library_version: int | None  # None: no library (or an empty one)
+    policy_version: int  # the version the driver believes the samplers hold (stamp when nothing generated)
+    faults: EnvFaultPolicy = EnvFaultPolicy()
+    tag: str = ""  # the driver's name for it in streaming mode (a group id)
+
+
+@dataclass
+class RolloutStats:
+    env_faults: int = 0  # environment failures seen (raised, pool died or hung)
+    pool_restarts: int = 0
+    requeued: int = 0
+    failed_episodes: int = 0  # gave up after max_env_retries
+    generate_calls: int = 0
+    env_calls: int = 0
+    sampler_restarts: int = 0  # sampler actors lost (and brought back by Ray)
+    regenerated: int = 0  # generation requests asked again after their sampler died
+    fault_log: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RolloutProgress:
+    """What `poll` hands back: finished requests (by tag) and the worker's cumulative counters."""
+
+    completed: list[tuple[str, list[Episode]]]
+    stats: RolloutStats
+    busy_s: dict[str, float]  # "sampler-0" / "pool-1" -> seconds with a call in flight, cumulative
+    live_episodes: int

@@ -18,13 +18,13 @@ def small_model_dir(tmp_path_factory) -> str:
     """A random 2-layer Qwen2 with a small env BPE (Qwen's chat format and special tokens, as the tiny policy
     has): the model of the component and end-to-end tests. With Qwen's 152k vocabulary the LM head is nearly all
     of a step at this width: one learner step of 8 x 400 tokens takes ~9 s, against ~0.15 s with this one."""
-    from skill1.agent.episode import EpisodeSettings
     from skill1.config import Skill1Config
     from skill1.models.env_tokenizer import train_env_tokenizer
-    from skill1.models.provision import env_corpus
     from skill1.models.tiny import TinyModelSpec, init_tiny_model
+    from skill1.settings import episode_settings
+    from skill1.tiny_policy.provision import env_corpus
 
-    settings = EpisodeSettings.from_config(Skill1Config(), training=True)
+    settings = episode_settings(Skill1Config(), training=True)
     tok = train_env_tokenizer(env_corpus(settings, num_tasks=30), vocab_size=1024)
     assert len(tok) >= 700, len(tok)  # tests draw token ids below 700
     return init_tiny_model(str(tmp_path_factory.mktemp("small-model")), TinyModelSpec(**SMALL), tok)

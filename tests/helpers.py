@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from skill1.agent.episode import EpisodeSettings, Generate, Generated, Reset, Retrieve, Step, run_episode
+from skill1.agent.episode import Generate, Reset, Retrieve, Step, run_episode
 from skill1.envs.builtin import HouseholdEnv
-from skill1.types import Candidate, Episode, Task
+from skill1.types import Candidate, Episode, EpisodeSettings, Generated, Task
 
 # the benchmark configs are laid out for GPUs (8 for the 7B, 2 for the 1.5B); these put the same run on one CPU
 # machine (README "Running on a GPU cluster"; tests/test_e2e.py trains the WebShop one so, test_config.py validates all)

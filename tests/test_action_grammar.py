@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from skill1.agent.action_grammar import ActionGrammar, ActionTargets, parse_state
 from skill1.agent.parsing import parse_action
 from skill1.learner.batching import collate
 from skill1.learner.forward import response_logprobs
-from skill1.agent.action_grammar import ActionGrammar, ActionTargets, parse_state
-from skill1.rollout.sampler import HFSampler, SamplingParams
+from skill1.rollout.protocol import SamplingParams
+from skill1.rollout.sampler import HFSampler
 from skill1.types import Stage, TrainSample
 
 ADMISSIBLE = ["go to shelf 1", "go to shelf 10", "take mug 1 from shelf 1", "look", "search[<query>]"]

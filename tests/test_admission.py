@@ -4,8 +4,7 @@ import random
 
 import pytest
 
-from skill1.algo.admission import AdmissionController, staleness
-from skill1.async_trainer import behaviour_version, take_batch
+from skill1.algo.admission import AdmissionController, behaviour_version, staleness, take_batch
 from skill1.types import RolloutGroup
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from skill1.algo.advantages import (CreditInputs, assign_credit, distillation_credit, grpo_advantages,
+from skill1.algo.advantages import (CreditInputs, CreditSettings, assign_credit, distillation_credit, grpo_advantages,
                                     selection_credit, u_hat)
 from skill1.types import Stage
 
@@ -51,7 +51,7 @@ def test_assign_credit_combines_terms_per_stage():
     eps = [CreditInputs("g", 1.0, 1.0, (0.2, 0.6, 0.4), 0.6), CreditInputs("g", 0.0, 0.0, (0.2, 0.6, 0.4), 0.2)]
 
     a = 0.5 / math.sqrt(0.5)
-    c = assign_credit(eps, lambda_rerank=0.3, lambda_distill=0.3)
+    c = assign_credit(eps, CreditSettings(lambda_rerank=0.3, lambda_distill=0.3))
     assert c[0].utilization == pytest.approx(a, abs=1e-5)
     assert c[0].selection == pytest.approx(a + 0.3 * 0.2, abs=1e-5)
     assert c[0].distillation == pytest.approx(a + 0.3 * 0.4, abs=1e-5)
@@ -64,7 +64,7 @@ def test_assign_credit_combines_terms_per_stage():
 
 def test_credit_switches_off():
     eps = [CreditInputs("g", 1.0, 1.0, (0.2, 0.6), 0.6), CreditInputs("g", 0.0, 0.0, (0.2, 0.6), 0.2)]
-    c = assign_credit(eps, selection_on=False, distillation_on=False)
+    c = assign_credit(eps, CreditSettings(selection_on=False, distillation_on=False))
     assert all(x.selection == x.utilization == x.distillation for x in c)
 
 
@@ -122,9 +122,9 @@ def test_intrinsic_coefficient_and_group_norm_by_hand():
     cands = (0.2, 0.6, 0.4)
     eps = [CreditInputs("g", 1.0, 1.0, cands, 0.6), CreditInputs("g", 1.0, 1.0, cands, 0.2)]
     # equal rewards: A = 0, so the stage advantages are the intrinsic terms alone
-    c = assign_credit(eps, intrinsic_coefficient=2.0, lambda_rerank=0.3)
+    c = assign_credit(eps, CreditSettings(intrinsic_coefficient=2.0, lambda_rerank=0.3))
     assert c[0].selection == pytest.approx(2.0 * 0.3 * 0.2) and c[1].selection == pytest.approx(2.0 * 0.3 * -0.2)
     # group norm: r_sel = [0.2, -0.2] → z-scores ±0.7071 (unbiased std 0.2828); r_dis equal → 0
-    g = assign_credit(eps, intrinsic_group_norm=True, lambda_rerank=0.3)
+    g = assign_credit(eps, CreditSettings(intrinsic_group_norm=True, lambda_rerank=0.3))
     assert g[0].selection == pytest.approx(0.3 * 0.70710, abs=1e-4) and g[1].selection == pytest.approx(-0.3 * 0.70710, abs=1e-4)
     assert g[0].distillation == 0.0 and g[0].r_sel == pytest.approx(0.2)  # raw terms still reported

@@ -30,11 +30,8 @@ def ray_local(local_ray):
 
 
 def _request(tag: str, n: int, version: int, seed: int = 0):
-    from skill1.agent.episode import EpisodeSettings
     from skill1.envs.builtin import HouseholdTaskSource
-    from skill1.library.retrieval import RetrievalSettings
-    from skill1.rollout.worker import RolloutRequest
-    from skill1.types import Stage
+    from skill1.types import EpisodeSettings, RetrievalSettings, RolloutRequest, Stage
 
     tasks = HouseholdTaskSource().sample("train", n, seed=seed)
     settings = EpisodeSettings(use_library=False, enable_query_generation=False, enable_rerank=False,
@@ -46,8 +43,8 @@ def _request(tag: str, n: int, version: int, seed: int = 0):
 
 def test_streaming_worker_hands_back_requests_by_tag_stamped_with_the_sampler_version(ray_local, small_model_dir):
     from skill1.envs.pool import EnvPool
+    from skill1.rollout.host import SamplerHost
     from skill1.rollout.worker import RolloutWorker
-    from skill1.runtime import SamplerHost
     from skill1.types import WeightsPacket
 
     ray = ray_local
@@ -81,7 +78,7 @@ def test_streaming_worker_hands_back_requests_by_tag_stamped_with_the_sampler_ve
 
 
 def _train(model_dir: str, out: Path, name: str, *overrides: str):
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     cfg = load_config(ROOT / "pipelines/configs/quickstart.yaml", [
         f"output_dir={out}", f"name={name}", f"model.path={model_dir}", "rollout.backend=scripted",
@@ -150,7 +147,7 @@ def test_async_run_retrieves_from_the_second_iteration_with_library_staleness_bo
                                                                                      tmp_path):
     """eta = 2 used to admit three batches at once against the empty library of the start: nothing was ever
     retrieved. With the library staleness bound (0), every batch after the first reads a non-empty tag."""
-    from skill1.async_trainer import library_fresh
+    from skill1.algo.admission import library_fresh
 
     _, metrics = _train(small_model_dir, tmp_path, "libfresh", "rollout.mode=async", "rollout.max_staleness=2",
                         "algorithm.iterations=4", "rollout.max_library_staleness=0")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from skill1.config import load_config
-from skill1.trainer import make_batch
+from skill1.loop.tasks import make_batch
 from skill1.types import Task
 
 

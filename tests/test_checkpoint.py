@@ -127,7 +127,7 @@ def test_sigterm_sets_the_stop_flag_and_the_old_handler_comes_back():
 
 
 def test_an_episode_trained_twice_is_refused(tmp_path):
-    from skill1.trainer import TrainContext
+    from skill1.loop.context import TrainContext
     from skill1.types import Episode, Task
 
     ctx = TrainContext(None, tmp_path, None, None, None, None, None, None, None)
@@ -213,7 +213,7 @@ def test_rollouts_pin_a_tagged_version_that_compaction_keeps(tmp_path):
     """The trainer pins the newest iter-k tag, never the untagged head that compaction may remove."""
     from skill1.config import load_config
     from skill1.library.store import SkillLibrary
-    from skill1.trainer import TrainContext
+    from skill1.loop.context import TrainContext
 
     dim, rng = 8, np.random.default_rng(0)
     lib = SkillLibrary.open(str(tmp_path / "lib"), "test-encoder", dim)

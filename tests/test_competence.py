@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from skill1.models.competence import competence
+from skill1.tiny_policy.competence import competence
 from skill1.types import Episode, Segment, Stage, Task
 
 TASK = Task(task_id="builtin/pick_and_place/1", env="builtin", family="pick_and_place", description="put a mug",

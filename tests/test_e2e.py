@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from skill1.config import ModelConfig, load_config
-from skill1.envs.builtin import FAMILIES
-from skill1.models.provision import ensure_policy
-from skill1.models.tiny import load_policy
-
 from helpers import CPU_OVERRIDES, record_weight_syncs
+
+from skill1.config import ModelConfig, Skill1Config, load_config
+from skill1.envs.builtin import FAMILIES
+from skill1.models.tiny import load_policy
+from skill1.settings import episode_settings
+from skill1.tiny_policy.provision import ensure_policy
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def warm_model(tmp_path_factory) -> str:
     (30 s; a random model writes nothing parseable, and every advantage is 0)."""
     path = tmp_path_factory.mktemp("models") / "tiny"
     return ensure_policy(ModelConfig(path=str(path), hidden_size=64, num_layers=2, warm_start_steps=300,
-                                     warm_start_tasks=300))
+                                     warm_start_tasks=300), episode_settings(Skill1Config(), training=True))
 
 
 def _params(path: str) -> dict[str, torch.Tensor]:
@@ -51,7 +51,7 @@ def weight_syncs() -> list:
 
 @pytest.fixture(scope="module")
 def trained(warm_model, tmp_path_factory, local_ray, weight_syncs):
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(ROOT / "pipelines/configs/quickstart.yaml",
@@ -62,7 +62,7 @@ def trained(warm_model, tmp_path_factory, local_ray, weight_syncs):
 
 
 def _digest(path: str) -> str:
-    from skill1.learner.weight_sync import digest, flat_weights
+    from skill1.weights.wire import digest, flat_weights
 
     return digest(flat_weights(load_policy(path)[0]))
 
@@ -143,7 +143,7 @@ def test_constrained_evaluation_acts_only_admissibly_through_the_actors(trained)
 
 def test_garbage_emitting_policy_does_not_crash_the_run(small_model_dir, tmp_path, local_ray):
     """A random model writes no parseable output: every action invalid, no skill — the run completes."""
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=garbage", f"model.path={small_model_dir}",
                              "algorithm.iterations=1", "learner.backend=torch", *FAST])
@@ -200,7 +200,7 @@ def test_train_and_eval_on_the_webshop_fixture_with_its_conventions(small_model_
     from make_fixture import write_fixture
 
     from skill1.evaluate import evaluate
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     shop = write_fixture(tmp_path / "webshop")
     cfg = load_config(ROOT / "pipelines/configs/webshop_qwen2.5_7b.yaml", [

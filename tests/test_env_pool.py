@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from skill1.envs.base import StepResult
 from skill1.envs.builtin import HouseholdTaskSource
 from skill1.envs.pool import EnvFailure, EnvPool
-from skill1.envs.base import StepResult
 
 
 def _tasks(n: int):
@@ -63,11 +63,10 @@ def ray_local():
 
 def _run(ray, tokenizer_dir, env_options: dict, n: int = 8, pools: int = 2, timeout_s: float = 60.0,
          retries: int = 2, during=None, max_steps: int = 6, env: str = "faulty", tasks=None):
-    from skill1.agent.episode import EpisodeSettings
     from skill1.envs.pool import EnvPool
-    from skill1.library.retrieval import RetrievalSettings
-    from skill1.rollout.worker import EnvFaultPolicy, RolloutRequest, RolloutWorker
-    from skill1.runtime import SamplerHost
+    from skill1.rollout.host import SamplerHost
+    from skill1.rollout.worker import RolloutWorker
+    from skill1.types import EnvFaultPolicy, EpisodeSettings, RetrievalSettings, RolloutRequest
 
     pool_actors = [ray.remote(EnvPool).options(num_cpus=0, max_restarts=5).remote(env, max_steps, env_options)
                    for _ in range(pools)]

@@ -3,14 +3,15 @@
 import random
 
 import pytest
-
 from helpers import drive
+
 from skill1.agent import parsing
-from skill1.agent.episode import EpisodeSettings, Generate, Retrieve
+from skill1.agent.episode import Generate, Retrieve
 from skill1.algo.advantages import assign_credit
 from skill1.algo.batch import credit_inputs, episodes_to_samples
 from skill1.config import load_config
 from skill1.envs.builtin import HouseholdTaskSource, expert_actions
+from skill1.settings import episode_settings
 from skill1.types import Candidate, Stage
 
 TASK = HouseholdTaskSource().sample("train", 6, seed=3)[2]
@@ -18,7 +19,7 @@ CANDS = [Candidate(f"s{i}", f"scenario {i}", f"strategy {i}", u, 1, 0.5, 0.5) fo
 
 
 def settings(*overrides):
-    return EpisodeSettings.from_config(load_config(None, list(overrides)), training=True)
+    return episode_settings(load_config(None, list(overrides)), training=True)
 
 
 def expert_policy(task, choice=2):

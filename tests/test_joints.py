@@ -2,7 +2,7 @@
 run and the run it is compared with alike, so these tests check the joint itself against numbers worked out by
 hand (docs/METHOD.md "Reward and credit"; advantages.py's formulas):
 
-- `trainer.compute_credit`: the config's invalid-action penalty, lambda_rerank / lambda_distill (with their
+- `loop.steps.compute_credit`: the config's invalid-action penalty, lambda_rerank / lambda_distill (with their
   signs), intrinsic coefficient and u_hat aggregation reach the credit, and `episodes_to_samples` puts each
   stage's advantage on that stage's tokens;
 - the learner's direction: one real update (torch and DeepSpeed) through `compute_credit` →
@@ -26,7 +26,7 @@ import torch
 
 from skill1.algo.batch import episodes_to_samples
 from skill1.config import LearnerConfig, load_config
-from skill1.trainer import compute_credit
+from skill1.loop.steps import compute_credit
 from skill1.types import Candidate, Episode, Segment, Skill, Stage, Task
 
 TASK = Task("t0", "household", "pick_and_place", "put a mug on the desk")
@@ -154,9 +154,11 @@ class ScoredEnv:
 
 
 def _play(tokenizer, env, eid: str, actions: list[str]) -> Episode:
-    from skill1.agent.episode import EpisodeSettings, Generate, Generated, Reset, Step, run_episode
+    from skill1.agent.episode import Generate, Reset, Step, run_episode
+    from skill1.settings import episode_settings
+    from skill1.types import Generated
 
-    settings = EpisodeSettings.from_config(_cfg("algorithm.preset=no_library"), training=True)
+    settings = episode_settings(_cfg("algorithm.preset=no_library"), training=True)
     texts = iter([f"<think>t</think><action>{a}</action>" for a in actions]
                  + ["<scenario>when shopping</scenario><strategy>buy it</strategy>"])
     gen, result = run_episode(TASK, eid, "shop", tokenizer, settings), None

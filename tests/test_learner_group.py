@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from skill1.config import load_config
-from skill1.learner.weight_sync import digest
 from skill1.runtime import plan_placement, shard_by_tokens
 from skill1.types import Stage, TrainSample
+from skill1.weights.wire import digest
 
 
 def _sample(length: int, prompt: int, seed: int) -> TrainSample:
@@ -69,7 +69,7 @@ def test_two_learner_ranks_in_a_placement_group_equal_one_rank_on_the_whole_batc
     single = Learner(small_model_dir, cfg.learner.__class__(**{**cfg.learner.__dict__, "num_ranks": 1,
                                                                "backend": "torch"}), seed=0)
     single.update(samples)
-    from skill1.learner.weight_sync import unpack
+    from skill1.weights.wire import unpack
 
     got = unpack(packet)
     for name, p in single.model.named_parameters():

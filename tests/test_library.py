@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from skill1.library import AdmissionReport, LibraryEncoderMismatch, SkillLibrary
+from skill1.library import IntakeReport, LibraryEncoderMismatch, SkillLibrary
 from skill1.library.store import LibraryDiff
 from skill1.types import Skill, SkillDraft
 
@@ -44,7 +44,7 @@ def drafts(n: int, prefix: str = "s") -> list[SkillDraft]:
     return [SkillDraft(f"{prefix}{i} scenario", f"{prefix}{i} strategy") for i in range(n)]
 
 
-def add(lib: SkillLibrary, ds, emb, iteration=0, initial_utility=0.0, **kw) -> AdmissionReport:
+def add(lib: SkillLibrary, ds, emb, iteration=0, initial_utility=0.0, **kw) -> IntakeReport:
     return lib.add(
         ds, np.asarray(emb, dtype=np.float32), iteration=iteration,
         source_tasks=[f"t{i}" for i in range(len(ds))], source_episodes=[f"e{i}" for i in range(len(ds))],
@@ -559,7 +559,7 @@ def test_pinned_indexed_view_is_unaffected_by_later_writes(lib, monkeypatch):
 # ---- wiring: compaction on a schedule ------------------------------------------------------------------------
 def test_update_library_compacts_every_n_iterations(tmp_path, pylance):
     from skill1.config import ConfigError, load_config
-    from skill1.trainer import update_library
+    from skill1.loop.steps import update_library
     from skill1.types import Episode, Task
 
     with pytest.raises(ConfigError, match="compact_every"):

@@ -338,11 +338,11 @@ def test_skill_text_reaches_the_terminal_without_control_sequences(fresh, capsys
 
 def test_a_library_of_another_encoder_stops_train_before_ray_starts(tmp_path, capsys, monkeypatch):
     """As `skill1 library` does on open: `train --resume` names both encoders in one line, and no actor starts."""
-    import skill1.trainer
+    import skill1.loop.train
     from skill1.library import SkillLibrary
 
     started: list = []  # Ray may be up already (the suite shares one local instance): watch the trainer's start
-    monkeypatch.setattr(skill1.trainer, "init_ray", lambda cfg: started.append(cfg))
+    monkeypatch.setattr(skill1.loop.train, "init_ray", lambda cfg: started.append(cfg))
 
     run = tmp_path / "other-encoder-run"
     run.mkdir()

@@ -5,7 +5,7 @@ import pytest
 
 from skill1.config import load_config
 from skill1.library.store import SkillLibrary
-from skill1.trainer import update_library
+from skill1.loop.steps import update_library
 from skill1.types import Episode, SkillDraft, Task
 
 

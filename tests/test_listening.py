@@ -43,7 +43,7 @@ def test_store_server_listens_only_on_the_host_it_is_given():
 
     import torch.distributed as dist
 
-    from skill1.learner.weight_sync import serve_store
+    from skill1.weights.wire import serve_store
 
     store = serve_store("127.0.0.1")  # port 0: a free one, never released between pick and bind
     assert store.port > 0
@@ -54,7 +54,7 @@ def test_store_server_listens_only_on_the_host_it_is_given():
 
 
 def test_on_a_cluster_a_store_listens_on_the_node_address_only():
-    from skill1.learner.weight_sync import serve_store
+    from skill1.weights.wire import serve_store
 
     lan = next((a.address for addrs in psutil.net_if_addrs().values() for a in addrs
                 if a.family == socket.AF_INET and not _loopback(a.address)), None)

@@ -96,10 +96,10 @@ def test_plan_command_prints_the_budget_and_exits_2_when_it_cannot_fit(tmp_path,
 
 
 def test_train_refuses_a_layout_that_cannot_fit_before_any_actor_starts(tmp_path, capsys, monkeypatch):
-    import skill1.trainer
+    import skill1.loop.train
 
     model = _model_dir(tmp_path, QWEN_7B, "q7")
-    monkeypatch.setattr(skill1.trainer, "train", lambda *a, **k: pytest.fail("train must not start"))
+    monkeypatch.setattr(skill1.loop.train, "train", lambda *a, **k: pytest.fail("train must not start"))
     rc = main(["train", "--config", str(ROOT / "pipelines/configs/alfworld_qwen2.5_7b.yaml"),
                f"model.path={model}", "placement.gpu_memory_gb=40", f"output_dir={tmp_path}/runs"])
     err = capsys.readouterr().err

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from skill1.config import load_config
-
 from helpers import record_weight_syncs
 from ray_auth import token_env
+
+from skill1.config import load_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +122,7 @@ def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_un
     # each sampler holds the checkpoint's policy (the scripted sampler generates without weights: its digest is
     # what shows that a resumed sampler would generate from the resumed policy)
     from skill1.cli import build_parser, train_config
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     checkpointed = _digest(run / "checkpoints" / "iter-2" / "policy")
     syncs: list = []
@@ -170,8 +169,8 @@ def test_kill9_mid_run_then_resume_trains_every_episode_once_and_ends_like_an_un
 
 
 def _digest(policy_dir: Path) -> str:
-    from skill1.learner.weight_sync import digest, flat_weights
     from skill1.models.tiny import load_policy
+    from skill1.weights.wire import digest, flat_weights
 
     return digest(flat_weights(load_policy(str(policy_dir))[0]))
 
@@ -225,7 +224,7 @@ def test_a_sampler_killed_mid_iteration_is_restarted_and_the_run_completes(local
     before the next sync overwrites it), and every sync leaves each sampler with the learner's weights."""
     import ray
 
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     cfg = load_config(ROOT / "pipelines/configs/quickstart.yaml", [
         f"output_dir={tmp_path}", "name=killsampler", f"model.path={small_model_dir}", "rollout.mode=sync",

@@ -33,7 +33,7 @@ def _episodes(it: int, chosen: str | None) -> list[Episode]:
 @pytest.mark.parametrize("preset", PRESETS)
 def test_the_library_resumes_from_a_checkpoint_for_every_preset(preset, tmp_path):
     from skill1.library.store import SkillLibrary
-    from skill1.trainer import update_library
+    from skill1.loop.steps import update_library
 
     cfg = load_config(None, [f"algorithm.preset={preset}", "library.compact_every=0"])
     enc = _Encoder()
@@ -51,7 +51,7 @@ def test_the_library_resumes_from_a_checkpoint_for_every_preset(preset, tmp_path
 @pytest.mark.slow
 def test_a_grpo_run_resumes_end_to_end(small_model_dir, tmp_path, local_ray):
     from skill1.checkpoint import latest_checkpoint
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     over = [f"output_dir={tmp_path}", "name=grpo", f"model.path={small_model_dir}", "algorithm.preset=grpo",
             "eval_at_ends=false", "eval_every=0", "rollout.backend=scripted", "rollout.mode=sync",

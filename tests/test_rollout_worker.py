@@ -14,13 +14,11 @@ import pytest
 
 import skill1.rollout.worker as worker_module
 from skill1.agent.action_grammar import ActionTargets
-from skill1.agent.episode import EpisodeSettings, Generated
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.envs.pool import EnvPool
-from skill1.library.retrieval import RetrievalSettings
-from skill1.rollout.sampler import GenerationBatch
-from skill1.rollout.worker import RolloutRequest, RolloutWorker
-from skill1.types import SkillDraft, Stage
+from skill1.rollout.protocol import GenerationBatch
+from skill1.rollout.worker import RolloutWorker
+from skill1.types import EpisodeSettings, Generated, RetrievalSettings, RolloutRequest, SkillDraft, Stage
 
 
 class _Answered:

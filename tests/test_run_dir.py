@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from skill1.agent.prompts import PROMPT_VERSION
-from skill1.checkpoint import (CheckpointError, TrainState, latest_checkpoint, load_checkpoint, publish_dir,
-                               read_jsonl, truncate_jsonl, write_checkpoint)
+from skill1.checkpoint import (CheckpointError, TrainState, latest_checkpoint, load_checkpoint, publish_dir, read_jsonl,
+                               truncate_jsonl, write_checkpoint)
 from skill1.config import ConfigError, ModelConfig, load_config, save_config
 from skill1.run_dir import RUN_MARKER, DirLock, OwnershipError, fresh_run_dir, is_run_dir
 
@@ -103,19 +103,26 @@ def test_the_quickstart_settings_with_name_dotdot_delete_nothing(tmp_path, monke
 
 # ---- the tiny model's directory ----------------------------------------------------------------------------
 
+def _settings():
+    from skill1.config import Skill1Config
+    from skill1.settings import episode_settings
+
+    return episode_settings(Skill1Config(), training=True)
+
+
 def test_the_tiny_model_is_never_built_over_a_directory_it_did_not_make(tmp_path):
-    from skill1.models.provision import ensure_policy
+    from skill1.tiny_policy.provision import ensure_policy
 
     models = tmp_path / "models"
     (models / "qwen").mkdir(parents=True)
     (models / "qwen" / "model.safetensors").write_text("weights")
     with pytest.raises(OwnershipError, match="not a tiny model Skill1 built"):  # a folder of models
-        ensure_policy(ModelConfig(path=str(models)))
+        ensure_policy(ModelConfig(path=str(models)), _settings())
     real = tmp_path / "real"
     real.mkdir()
     (real / "config.json").write_text("{}")  # a user's model: even init-tiny (force) leaves it
     with pytest.raises(OwnershipError):
-        ensure_policy(ModelConfig(path=str(real)), force=True)
+        ensure_policy(ModelConfig(path=str(real)), _settings(), force=True)
     assert (models / "qwen" / "model.safetensors").is_file() and (real / "config.json").is_file()
 
 
@@ -130,7 +137,7 @@ def test_init_tiny_out_dotdot_is_refused_in_one_line(tmp_path, monkeypatch, caps
 
 
 def test_a_crashed_builds_debris_is_cleared_by_the_next_build(tmp_path, monkeypatch):
-    import skill1.models.provision as provision
+    import skill1.tiny_policy.provision as provision
 
     debris = tmp_path / ".tiny.tmp-424242"
     debris.mkdir()
@@ -143,7 +150,7 @@ def test_a_crashed_builds_debris_is_cleared_by_the_next_build(tmp_path, monkeypa
 
     monkeypatch.setattr(provision, "build_tokenizer", boom)  # stop right after the cleanup
     with pytest.raises(Stop):
-        provision.ensure_policy(ModelConfig(path=str(tmp_path / "tiny")))
+        provision.ensure_policy(ModelConfig(path=str(tmp_path / "tiny")), _settings())
     assert not debris.exists()
 
 
@@ -172,7 +179,7 @@ def test_a_second_process_on_a_locked_directory_gets_one_line_with_the_holders_p
 
 def test_a_second_train_on_a_running_run_dir_is_refused(tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=r", "rollout.backend=scripted"])
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     with DirLock(cfg.run_dir, "skill1 train"):
         with pytest.raises(OwnershipError, match="in use"):
@@ -353,7 +360,7 @@ def test_an_empty_or_invalid_yaml_is_one_line(tmp_path, text, match):
 
 
 def test_resume_refuses_a_checkpoint_of_other_prompts(tmp_path):
-    from skill1.trainer import _prepare_resume
+    from skill1.loop.train import _prepare_resume
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=r"])
     write_checkpoint(cfg.run_dir, _state(1, prompt_version="v1"), [], _learner(), keep=0)
@@ -373,7 +380,7 @@ def test_auto_resume_on_a_run_dir_without_a_checkpoint_starts_it_over(tmp_path, 
                                       f"output_dir={tmp_path}", "name=r"])
     cfg2, mode = train_config(args)
     assert mode == "restart"
-    import skill1.trainer as trainer
+    import skill1.loop.train as trainer
 
     class Started(Exception):
         pass
@@ -441,10 +448,10 @@ def test_a_user_facing_error_raised_in_an_actor_is_one_line(monkeypatch, capsys)
 
 
 def test_a_second_first_time_model_build_is_refused_while_one_runs(tmp_path):
-    from skill1.models.provision import ensure_policy
+    from skill1.tiny_policy.provision import ensure_policy
 
     target = tmp_path / "models" / "tiny"
     with DirLock(target, "tiny-model build"):  # another process building it now
         with pytest.raises(OwnershipError, match="in use by another tiny-model build"):
-            ensure_policy(ModelConfig(path=str(target)))
+            ensure_policy(ModelConfig(path=str(target)), _settings())
     assert not target.exists()

@@ -6,10 +6,11 @@ import torch
 
 from skill1.learner.batching import collate
 from skill1.learner.forward import response_logprobs
-from skill1.learner.weight_sync import load_packet, pack_state, unpack
 from skill1.models.tiny import load_policy
-from skill1.rollout.sampler import HFSampler, SamplingParams, sample_next
+from skill1.rollout.protocol import SamplingParams
+from skill1.rollout.sampler import HFSampler, sample_next
 from skill1.types import Stage, TrainSample
+from skill1.weights.wire import load_packet, pack_state, unpack
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +108,8 @@ def test_inverse_cdf_sampling_follows_the_distribution():
 def test_the_sampler_actor_holds_the_weights_whose_version_it_acknowledges(small_model_dir, backend):
     """SamplerHost, the sampler actor's body (called in-process here): the version it acknowledges comes with
     those weights, as its digest shows (the scripted backend keeps the packet it was handed)."""
-    from skill1.learner.weight_sync import digest, flat_weights
-    from skill1.runtime import SamplerHost
+    from skill1.rollout.host import SamplerHost
+    from skill1.weights.wire import digest, flat_weights
 
     host = SamplerHost(backend, small_model_dir, "float32", 0)
     other, _ = load_policy(small_model_dir)

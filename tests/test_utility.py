@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from skill1.algo.utility import ema_update, eviction_score, ucb_scores
-from skill1.library.retrieval import RetrievalSettings, retrieve
-from skill1.types import Skill
+from skill1.library.retrieval import retrieve
+from skill1.types import RetrievalSettings, Skill
 
 
 def test_ema_by_hand():

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from skill1.algo.losses import gather_logprobs
-from skill1.learner.weight_sync import pack_state
 from skill1.models.tiny import load_policy
-from skill1.rollout.sampler import HFSampler, SamplingParams, make_sampler
+from skill1.rollout.protocol import SamplingParams
+from skill1.rollout.sampler import HFSampler, make_sampler
+from skill1.weights.wire import pack_state
 
 pytestmark = pytest.mark.slow  # each test starts a vLLM engine (~25 s)
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +188,7 @@ def test_ray_sampler_actor_runs_in_the_vllm_venv(qwen_model_dir, tokenizer):
     this venv's Ray; outputs and weight packets cross the two environments by pickle."""
     import ray
 
-    from skill1.runtime import SamplerHost
+    from skill1.rollout.host import SamplerHost
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is in this interpreter: the sampler actor needs no other one")
@@ -224,7 +225,7 @@ def test_training_runs_with_the_vllm_backend(qwen_model_dir, tmp_path):
     import ray
 
     from skill1.config import load_config
-    from skill1.trainer import train
+    from skill1.loop.train import train
 
     if _vllm_python() is None:
         pytest.skip("vLLM not installed: run scripts/setup_vllm_cpu.sh (CPU) or bash scripts/setup_gpu.sh")

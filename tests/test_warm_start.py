@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from skill1.agent import parsing
-from skill1.agent.episode import EpisodeSettings
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.envs.builtin.searcher import search_actions, search_order
 from skill1.envs.builtin.world import PRIORS, generate_world
-from skill1.models.warm_start import (demo_candidates, advised_kind, demonstrations, found_kind_of, gist, write_skill)
-from skill1.types import Stage
+from skill1.tiny_policy.warm_start import (advised_kind, demo_candidates, demonstrations, found_kind_of, gist,
+                                           write_skill)
+from skill1.types import EpisodeSettings, Stage
 
 SETTINGS = EpisodeSettings(use_library=True, enable_query_generation=True, enable_rerank=True,
                            enable_distillation=True, max_steps=8, history_length=2, max_skill_chars=1000,
@@ -98,8 +98,8 @@ def test_demo_candidates_offer_one_skill_for_the_task_object():
 
 @pytest.fixture(scope="module")
 def env_tokenizer():
-    from skill1.models.provision import env_corpus
     from skill1.models.env_tokenizer import train_env_tokenizer
+    from skill1.tiny_policy.provision import env_corpus
 
     return train_env_tokenizer(env_corpus(SETTINGS, num_tasks=30), vocab_size=1024)
 
@@ -185,7 +185,7 @@ class _Stub:
         self.text, self.calls = text, 0
 
     def generate(self, prompts, params, seeds=None, constraints=None):
-        from skill1.agent.episode import Generated
+        from skill1.types import Generated
 
         self.calls += 1
         return [Generated([], [], self.text) for _ in prompts]
@@ -215,8 +215,8 @@ def test_dagger_plays_the_policys_invalid_actions_and_teaches_the_searchers_next
 
 def test_head_dim_sets_the_number_of_heads(tmp_path):
     from skill1.config import ModelConfig
-    from skill1.models.provision import ensure_policy
     from skill1.models.tiny import load_policy
+    from skill1.tiny_policy.provision import ensure_policy
 
     cfg = ModelConfig(path=str(tmp_path / "tiny"), hidden_size=128, num_layers=1, head_dim=32, warm_start_steps=0,
                       tokenizer="qwen2.5")
@@ -230,8 +230,8 @@ def test_the_tiny_policy_with_the_env_tokenizer_loads_through_from_pretrained(tm
     from transformers import AutoTokenizer
 
     from skill1.config import ModelConfig
-    from skill1.models.provision import ensure_policy
     from skill1.models.tiny import load_policy
+    from skill1.tiny_policy.provision import ensure_policy
 
     cfg = ModelConfig(path=str(tmp_path / "tiny"), hidden_size=64, num_layers=1, warm_start_steps=3,
                       warm_start_batch=4, warm_start_dagger_steps=2, warm_start_dagger_tasks=3)

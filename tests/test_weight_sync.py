@@ -50,7 +50,7 @@ def test_cuda_ipc_is_refused_without_a_gpu_learner():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA IPC weight sync needs a CUDA GPU")
 def test_cuda_ipc_handle_maps_the_same_memory():
-    from skill1.learner.weight_sync import cuda_ipc_handle, open_cuda_ipc
+    from skill1.weights.wire import cuda_ipc_handle, open_cuda_ipc
 
     flat = torch.arange(1000, dtype=torch.bfloat16, device="cuda")
     assert torch.equal(open_cuda_ipc(cuda_ipc_handle(flat)), flat)

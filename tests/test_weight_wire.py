@@ -8,7 +8,7 @@ import torch
 
 from skill1.config import LearnerConfig
 from skill1.learner.engine import deepspeed_config
-from skill1.learner.weight_sync import WeightsLayout, bucket_bounds, wire_dtype
+from skill1.weights.wire import WeightsLayout, bucket_bounds, wire_dtype
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -28,7 +28,7 @@ def test_buckets_group_whole_parameters_and_tile_the_buffer():
 
 
 def test_each_colocated_sampler_maps_the_learner_rank_on_its_own_gpu():
-    from skill1.learner.weight_sync import ipc_sources
+    from skill1.weights.wire import ipc_sources
 
     learners = ["node-a:GPU-0", "node-a:GPU-1"]
     # samplers i % 2 on rank i % 2's bundle, as placement.mode=colocate puts them; the keys are physical GPUs

@@ -34,7 +34,7 @@ def _rank(rank: int, model_dir: str, shard: list, port: int, tmp: str) -> None:
 
     import skill1.learner.learner as learner_mod
     from skill1.config import LearnerConfig
-    from skill1.learner.weight_sync import digest
+    from skill1.weights.wire import digest
 
     torch.set_num_threads(1)
 
@@ -59,8 +59,8 @@ def _rank(rank: int, model_dir: str, shard: list, port: int, tmp: str) -> None:
 
 
 def _sampler(model_dir: str, port: int, tmp: str) -> None:
-    from skill1.learner.weight_sync import CollectiveChannel, digest, layout_of
     from skill1.models.tiny import load_policy
+    from skill1.weights.wire import CollectiveChannel, digest, layout_of
 
     torch.set_num_threads(1)
     layout = layout_of(load_policy(model_dir)[0])  # the whole model's layout, as the learner must report it
@@ -74,8 +74,8 @@ def test_zero3_ranks_with_unequal_micro_batches_train_and_sync_whole_weights(sma
     import multiprocessing as mp
 
     from skill1.learner.engine import free_port as _free_port
-    from skill1.learner.weight_sync import layout_of
     from skill1.models.tiny import load_policy
+    from skill1.weights.wire import layout_of
 
     shards = [[_sample(40, 10, i) for i in range(3)], [_sample(20, 10, 3)]]
     port = _free_port()

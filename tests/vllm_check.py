@@ -33,7 +33,7 @@ def read_packet(path: str):
 
 
 def run(model_dir: str, request: dict) -> dict:
-    from skill1.rollout.sampler import SamplingParams
+    from skill1.rollout.protocol import SamplingParams
     from skill1.rollout.vllm import VLLMSampler
 
     prompts = request["prompts"]

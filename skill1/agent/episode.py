@@ -16,7 +16,7 @@ from typing import Any, Union
 from skill1.agent import parsing, prompts
 from skill1.agent.action_grammar import ActionTargets
 from skill1.envs.base import StepResult
-from skill1.types import Candidate, Episode, Segment, Stage, Task
+from skill1.types import Candidate, Episode, EpisodeSettings, Generated, Segment, Stage, Task
 
 
 @dataclass
@@ -26,13 +26,6 @@ class Generate:
     max_new_tokens: int
     seed: int = 0  # per-request sampling seed: an episode's draws do not depend on what it is batched with
     constraint: ActionTargets | None = None  # acting under `rollout.constrain_actions`: only admissible actions
-
-
-@dataclass
-class Generated:
-    response_ids: list[int]
-    logprobs: list[float]
-    text: str
 
 
 @dataclass
@@ -51,33 +44,6 @@ class Step:
 
 
 Request = Union[Generate, Retrieve, Reset, Step]
-
-
-@dataclass(frozen=True)
-class EpisodeSettings:
-    """What one episode needs to know; built once per iteration from the config."""
-
-    use_library: bool
-    enable_query_generation: bool
-    enable_rerank: bool
-    enable_distillation: bool
-    max_steps: int
-    history_length: int
-    max_skill_chars: int
-    max_new_tokens: dict  # Stage -> int
-    constrain_actions: bool = False  # decode acting steps under the admissible-action grammar
-
-    @classmethod
-    def from_config(cls, cfg, training: bool) -> "EpisodeSettings":
-        a, r = cfg.algorithm.effective(), cfg.rollout
-        return cls(
-            use_library=a.use_library, enable_query_generation=a.enable_query_generation,
-            enable_rerank=a.enable_rerank, enable_distillation=a.enable_distillation and training,
-            max_steps=cfg.env.max_steps, history_length=cfg.env.history_length,
-            max_skill_chars=cfg.library.max_skill_chars,
-            max_new_tokens={Stage.QUERY: r.max_new_tokens_query, Stage.RERANK: r.max_new_tokens_rerank,
-                            Stage.ACT: r.max_new_tokens_act, Stage.DISTILL: r.max_new_tokens_distill},
-            constrain_actions=r.constrain_actions)
 
 
 def run_episode(

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from skill1.types import Episode, RolloutGroup
+
 
 def staleness(learner_version: int, behaviour_version: int) -> int:
     """Policy updates between the policy that sampled the data and the one about to learn from it."""
@@ -81,3 +83,43 @@ class AdmissionController:
         if self.submitted != self.accepted + self.dropped + self.running or min(
                 self.accepted, self.dropped, self.running) < 0:
             raise AssertionError(f"admission counters broken: {self}")
+
+
+def behaviour_version(episodes: list[Episode]) -> int:
+    """A group is as stale as its oldest episode: the oldest weights that generated for any of it."""
+    return min(e.policy_version for e in episodes)
+
+
+def library_fresh(queued: int, groups_per_batch: int, max_library_staleness: int) -> bool:
+    """May one more group start now? It reads the newest tag iter-f and, behind the `queued` groups admitted
+    and not yet in a batch, is trained in batch f + 1 + queued // B, which synchronously would read
+    iter-(f + queued // B): its library staleness is queued // B. Counting queued groups rather than group
+    numbers keeps admission going when groups are dropped."""
+    return queued // groups_per_batch <= max_library_staleness
+
+
+def take_batch(buffer: list[RolloutGroup], learner_version: int,
+               ctl: AdmissionController) -> tuple[list[RolloutGroup], list[RolloutGroup], int]:
+    """(the B oldest groups within eta of `learner_version` or [] if fewer are fresh, the rest, how many
+    expired). Expired groups leave the buffer and are counted as dropped by `ctl`."""
+    fresh, expired = [], 0
+    for g in sorted(buffer, key=lambda g: g.seq):
+        if ctl.is_fresh(learner_version, g.behaviour_version):
+            fresh.append(g)
+        else:
+            ctl.on_expired()
+            expired += 1
+    b = ctl.groups_per_batch
+    return (fresh[:b], fresh[b:], expired) if len(fresh) >= b else ([], fresh, expired)
+
+
+def staleness_metrics(groups: list[RolloutGroup], learner_version: int, eta: int, iteration: int) -> dict[str, float]:
+    """Policy staleness of a batch's groups, and library staleness: the tags between the one a group read
+    and iter-{k-1}, what batch k reads when synchronous."""
+    values = [staleness(learner_version, g.behaviour_version) for g in groups]
+    m = {"async/staleness_mean": sum(values) / max(1, len(values)), "async/staleness_max": float(max(values, default=0))}
+    m.update({f"async/staleness/{s}": values.count(s) / max(1, len(values)) for s in range(eta + 1)})
+    lib = [iteration - 1 - g.library_iteration for g in groups]
+    m.update({"async/library_staleness_mean": sum(lib) / max(1, len(lib)),
+              "async/library_staleness_max": float(max(lib, default=0))})
+    return m

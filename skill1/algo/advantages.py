@@ -112,34 +112,39 @@ class CreditInputs:
     chosen_utility: float | None
 
 
-def assign_credit(
-    episodes: Sequence[CreditInputs],
-    *,
-    normalize_std: bool = True,
-    selection_on: bool = True,
-    distillation_on: bool = True,
-    lambda_rerank: float = 0.3,
-    lambda_distill: float = 0.3,
-    u_hat_aggregation: str = "max",
-    selection_credit_type: str = "chosen_minus_mean",
-    intrinsic_coefficient: float = 1.0,
-    intrinsic_group_norm: bool = False,
-    singleton_group: str = "zero",
-) -> list[EpisodeCredit]:
+@dataclass(frozen=True)
+class CreditSettings:
+    """How the one reward is split into the stages' advantages (`skill1.settings.credit_settings` reads it
+    from the config)."""
+
+    normalize_std: bool = True
+    selection_on: bool = True
+    distillation_on: bool = True
+    lambda_rerank: float = 0.3
+    lambda_distill: float = 0.3
+    u_hat_aggregation: str = "max"
+    selection_credit_type: str = "chosen_minus_mean"
+    intrinsic_coefficient: float = 1.0
+    intrinsic_group_norm: bool = False
+    singleton_group: str = "zero"
+
+
+def assign_credit(episodes: Sequence[CreditInputs], settings: CreditSettings = CreditSettings()) -> list[EpisodeCredit]:
     """Stage advantages: A + c * lambda * term, where term is r_sel / r_dis, group-centred and scaled
     like GRPO when `intrinsic_group_norm` [ours: the paper adds them raw, c = 1]."""
+    s = settings
     groups = [e.group_id for e in episodes]
-    adv = grpo_advantages([e.reward for e in episodes], groups, normalize_std, singleton=singleton_group)
-    r_sel = [selection_credit(e.chosen_utility, e.candidate_utilities, selection_credit_type) for e in episodes]
-    r_dis = [distillation_credit(e.outcome, u_hat(e.candidate_utilities, u_hat_aggregation)) for e in episodes]
+    adv = grpo_advantages([e.reward for e in episodes], groups, s.normalize_std, singleton=s.singleton_group)
+    r_sel = [selection_credit(e.chosen_utility, e.candidate_utilities, s.selection_credit_type) for e in episodes]
+    r_dis = [distillation_credit(e.outcome, u_hat(e.candidate_utilities, s.u_hat_aggregation)) for e in episodes]
     sel_term, dis_term = np.asarray(r_sel), np.asarray(r_dis)
-    if intrinsic_group_norm:
+    if s.intrinsic_group_norm:
         sel_term = grpo_advantages(r_sel, groups, normalize_std=True)
         dis_term = grpo_advantages(r_dis, groups, normalize_std=True)
     out = []
     for i, a in enumerate(adv):
-        sel = intrinsic_coefficient * lambda_rerank * sel_term[i] if selection_on else 0.0
-        dis = intrinsic_coefficient * lambda_distill * dis_term[i] if distillation_on else 0.0
+        sel = s.intrinsic_coefficient * s.lambda_rerank * sel_term[i] if s.selection_on else 0.0
+        dis = s.intrinsic_coefficient * s.lambda_distill * dis_term[i] if s.distillation_on else 0.0
         out.append(EpisodeCredit(utilization=float(a), selection=float(a + sel), distillation=float(a + dis),
                                  r_sel=r_sel[i], r_dis=r_dis[i]))
     return out

@@ -11,7 +11,7 @@ from contextlib import closing
 import torch
 
 from skill1.config import LearnerConfig
-from skill1.learner.weight_sync import gloo_on_loopback, is_loopback, keep_collectives_on_loopback
+from skill1.weights.wire import gloo_on_loopback, is_loopback, keep_collectives_on_loopback
 
 
 def free_port() -> int:

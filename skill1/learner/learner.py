@@ -23,10 +23,10 @@ from skill1.learner.engine import deepspeed_engine, free_port, join_learner_grou
 from skill1.learner.forward import response_logprobs
 from skill1.learner.safe_load import load as safe_load
 from skill1.learner.safe_load import weights_only_deepspeed
-from skill1.learner.weight_sync import (CollectiveChannel, WeightsLayout, bucket_bounds, cuda_ipc_handle, gpu_key,
-                                        host_packet, layout_of)
 from skill1.models.tiny import load_policy
 from skill1.types import Stage, TrainSample, WeightsPacket
+from skill1.weights.wire import (CollectiveChannel, WeightsLayout, bucket_bounds, cuda_ipc_handle, gpu_key, host_packet,
+                                 layout_of)
 
 
 def logprob_gap(samples: list[TrainSample], version: int) -> dict[str, float]:
@@ -328,7 +328,7 @@ class Learner:
         flat = self._flat_copy("cpu")
         return host_packet(self.version, self.weights_layout(), flat) if flat is not None else None
 
-    # weight-sync transports other than the object store (see skill1.learner.weight_sync)
+    # weight-sync transports other than the object store (see skill1.weights.wire)
     def weights_layout(self) -> WeightsLayout:
         return layout_of(self.model)
 

@@ -13,7 +13,7 @@ _EXPORTS = {
     "DEFAULT_ENCODER": "skill1.library.encoder",
     "Encoder": "skill1.library.encoder",
     "resolve_encoder_path": "skill1.library.encoder",
-    "AdmissionReport": "skill1.library.store",
+    "IntakeReport": "skill1.algo.skill_intake",
     "LibraryEncoderMismatch": "skill1.library.store",
     "LibraryNotFound": "skill1.library.store",
     "SkillLibrary": "skill1.library.store",
@@ -22,9 +22,9 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from skill1.algo.skill_intake import IntakeReport
     from skill1.library.encoder import DEFAULT_ENCODER, Encoder, resolve_encoder_path
-    from skill1.library.store import (AdmissionReport, LibraryEncoderMismatch, LibraryNotFound, SkillLibrary,
-                                      skill_schema)
+    from skill1.library.store import LibraryEncoderMismatch, LibraryNotFound, SkillLibrary, skill_schema
 
 
 def __getattr__(name: str) -> Any:

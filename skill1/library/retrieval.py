@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from skill1.algo.utility import ucb_scores
-from skill1.types import Candidate
-
-
-@dataclass(frozen=True)
-class RetrievalSettings:
-    top_k: int = 3
-    top_m: int = 16
-    exploration: float = 0.5  # UCB c; 0 = greedy
-    similarity_weight: float = 1.0
+from skill1.types import Candidate, RetrievalSettings
 
 
 def retrieve(library, encoder, queries: list[str], s: RetrievalSettings, total_uses: int) -> list[list[Candidate]]:

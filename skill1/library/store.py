@@ -4,7 +4,8 @@ One LanceDB table, one row per skill (retired skills keep their row). Every muta
 table write, hence at most one new table version, plus, once the library holds `index_threshold` active
 skills, an occasional vector-index (re)build (its own version); `tag`/`checkout`/`restore`/`diff`/`compact`
 expose LanceDB's versioning. Read-modify-write calls (add, update_utilities, evict) assume one writer per
-table (the library actor). A writer killed mid-write leaves the table at its last committed version
+table (the training driver). Which drafts enter and which skills leave is `skill1.algo.skill_intake`'s pure
+policy; this module applies it. A writer killed mid-write leaves the table at its last committed version
 (LanceDB commits a version by writing its manifest last). Never fork a process after LanceDB was used in it
 (Rust panic in the child): use spawn or Ray actors.
 """
@@ -16,21 +17,20 @@ import json
 import os
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import IvfSq
 
-try:  # LanceDB's background event loop: one round trip per index query (see SkillLibrary._index_hits)
-    from lancedb.background_loop import LOOP as _LOOP
-except ImportError:  # pragma: no cover - another lancedb layout: the sync query builder is used
-    _LOOP = None
-
-from skill1.algo.utility import ema_update, eviction_score
+from skill1.algo.skill_intake import IntakeReport, eviction_order, plan_intake
+from skill1.library.search import SkillSearch
+from skill1.library.snapshot import Snapshot, read_all, skill_of
+from skill1.algo.utility import ema_update
 from skill1.types import Skill, SkillDraft
+
+
 
 _META_ENCODER, _META_DIM = b"encoder_name", b"dim"
 
@@ -59,13 +59,6 @@ class LibraryDiff:
         return not (self.added or self.retired or self.merged or self.utility_changes)
 
 
-@dataclass
-class AdmissionReport:
-    accepted: list[str] = field(default_factory=list)  # ids of the new rows
-    merged: dict[str, str] = field(default_factory=dict)  # new draft id -> surviving skill id
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (draft index, reason)
-
-
 def skill_schema(encoder_name: str, dim: int) -> pa.Schema:
     return pa.schema(
         [
@@ -86,112 +79,21 @@ def skill_schema(encoder_name: str, dim: int) -> pa.Schema:
     )
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
-def _skill(row: dict) -> Skill:
-    """A Skill from a snapshot row without the dataclass __init__ (search builds thousands per batch); it owns
-    its parent_ids list, so a caller mutating it cannot reach the cached snapshot."""
-    s = object.__new__(Skill)
-    s.__dict__.update(row)
-    s.parent_ids = list(row["parent_ids"] or [])
-    return s
-
-
-def _read_all(tbl) -> pa.Table:
-    """Every row of the table's current version, with LanceDB's `_rowid` (what a vector search returns)."""
-    return tbl.search().with_row_id(True).limit(None).to_arrow()
-
-
-class _Snapshot:
-    """All rows of one table version, decoded once: rows (dicts without vector), stored and unit vectors."""
-
-    def __init__(self, table: pa.Table, dim: int, with_vectors: bool = True):
-        rowids = None
-        if "_rowid" in table.column_names:
-            rowids = table.column("_rowid").to_numpy()
-            table = table.drop_columns(["_rowid"])
-        rows = table.drop_columns(["vector"]).to_pylist()
-        perm = sorted(range(len(rows)), key=lambda i: (rows[i]["created_iteration"], rows[i]["id"]))
-        self.rows = [rows[i] for i in perm]  # oldest first, then by id: a stable order for every reader
-        self._rowids = None if rowids is None else rowids[np.asarray(perm, dtype=np.int64)]
-        self._rowid_lookup: tuple[np.ndarray, np.ndarray] | None = None
-        self.by_id = {r["id"]: i for i, r in enumerate(self.rows)}
-        self.active = np.array([r["status"] == "active" for r in self.rows], dtype=bool)
-        self.active_idx = np.flatnonzero(self.active)
-        self.stored = self.vectors = None
-        if with_vectors:
-            flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            self.stored = flat.reshape(-1, dim).astype(np.float32)[np.asarray(perm, dtype=np.int64)]
-            norms = np.linalg.norm(self.stored, axis=-1)
-            unit_already = len(norms) == 0 or bool(np.all(np.abs(norms - 1.0) < 1e-4))
-            self.vectors = self.stored if unit_already else _unit(self.stored)  # rows from `add` are unit already
-        self._active_vectors: np.ndarray | None = None
-
-    @property
-    def n_active(self) -> int:
-        return len(self.active_idx)
-
-    def rows_of(self, rowids: np.ndarray) -> np.ndarray:
-        """Snapshot row indices of LanceDB row ids of this version (-1 where unknown)."""
-        if self._rowids is None or len(self._rowids) == 0:
-            return np.full(len(rowids), -1, dtype=np.int64)
-        if self._rowid_lookup is None:
-            order = np.argsort(self._rowids, kind="stable")
-            self._rowid_lookup = (self._rowids[order], order)
-        keys, order = self._rowid_lookup
-        pos = np.minimum(np.searchsorted(keys, rowids), len(keys) - 1)
-        return np.where(keys[pos] == rowids, order[pos], -1)
-
-    @property
-    def active_vectors(self) -> np.ndarray:
-        """Unit vectors of the active rows, contiguous (cached: exact search and merge checks reuse it)."""
-        if self._active_vectors is None:
-            all_active = len(self.active_idx) == len(self.rows)
-            self._active_vectors = self.vectors if all_active else np.ascontiguousarray(self.vectors[self.active_idx])
-        return self._active_vectors
-
-
 def _iteration(tag: str) -> int | None:
     """k of the trainer's `iter-k` tags; None for any other name."""
     return int(tag[5:]) if tag.startswith("iter-") and tag[5:].isdigit() else None
 
 
-class SkillLibrary:
-    """A LanceDB-backed skill table; `checkout` gives read-only views pinned at an old version.
-
-    Search: below `index_threshold` active skills, exact numpy cosine over the active rows (cached per table
-    version). From `index_threshold` on, the writer keeps a LanceDB IVF_SQ cosine index on the vectors
-    (built when the threshold is crossed, rebuilt when more than `index_rebuild_fraction` of the rows are not
-    covered; `build_index()` forces one) and single queries and small batches go through it: it fetches
-    `index_refine` x top_m candidates, which are re-scored exactly in numpy and filtered to active rows.
-    Large batches (>= `index_max_batch` queries) stay on exact numpy, which amortises its scan better.
-    A view whose version has no index (pinned before it was built) searches exactly. LanceDB's flat
-    (unindexed) search is used only past `exact_search_max_rows`. Every path returns exact cosines.
-    """
-
-    exact_search_max_rows = 1_000_000  # beyond: LanceDB flat search (≈ 25x slower than numpy at 100k rows)
-    # ANN index. bench/library_bench.py (2-core CPU, dim 384, random unit vectors, one query at a time): the
-    # IVF_SQ path takes ≈ 1.3 / 2.1 / 3.1-4.1 ms at 10k / 50k / 100k rows; numpy brute force ≈ 0.1 / 1.5 / 2.5-3.2
-    # with two BLAS threads but ≈ 0.2 / 2.3 / 4.6 ms with the single BLAS thread of the rollout worker (a
-    # num_cpus=0.25 Ray actor), where retrieval runs: from 50k on the index is the faster path there.
-    index_threshold = 50_000
-    index_rebuild_fraction = 0.1  # rebuild when unindexed rows > this fraction of indexed rows
-    index_partitions: int | None = None  # IVF partitions; None = LanceDB's default for the row count
-    index_nprobes = 4096  # partitions probed per query (capped at the count): all, for recall@3 >= 0.95 on
-    # unclustered vectors; lower it for clustered embeddings to trade recall for latency
-    index_refine = 2  # candidates fetched per wanted hit, then re-scored exactly
-    index_max_batch = 64  # batches at least this large use exact numpy (faster per query at 100k)
-    index_postfilter_max_retired = 512  # up to this many retired rows: over-fetch; beyond: LanceDB prefilter
+class SkillLibrary(SkillSearch):
+    """A LanceDB-backed skill table; `checkout` gives read-only views pinned at an old version. How it answers
+    a query (exact numpy or its vector index) is `SkillSearch`'s."""
 
     def __init__(self, db, tbl, path: str, table: str, encoder_name: str, dim: int, read_only: bool = False):
         self._db, self._tbl = db, tbl
         self.path, self.table_name = path, table
         self.encoder_name, self.dim, self.read_only = encoder_name, int(dim), read_only
         self._schema = skill_schema(encoder_name, dim)
-        self._snap: tuple[int, _Snapshot] | None = None
+        self._snap: tuple[int, Snapshot] | None = None
         self._index: tuple[int, bool] | None = None  # (version, has a vector index)
         self._pinned_version = int(tbl.version) if read_only else None  # a checkout never moves: no look-ups
         self.last_search_path: str | None = None  # "exact" | "index" | "flat" | None (nothing to search)
@@ -294,10 +196,10 @@ class SkillLibrary:
             old = sa.rows[sa.by_id[r["id"]]] if r["id"] in sa.by_id else None
             if old is None:
                 if r["status"] == "active":
-                    added.append(_skill(r))
+                    added.append(skill_of(r))
             else:
                 if old["status"] == "active" and r["status"] == "retired":
-                    retired.append(_skill(r))
+                    retired.append(skill_of(r))
                 if old["utility"] != r["utility"] or old["uses"] != r["uses"]:
                     changes.append(
                         (r["id"], float(old["utility"]), float(r["utility"]), int(old["uses"]), int(r["uses"]))
@@ -360,32 +262,18 @@ class SkillLibrary:
         return len(before - after)
 
     # ---- reads --------------------------------------------------------------------------------
-    def _snapshot(self, version: int | None = None) -> _Snapshot:
+    def _snapshot(self, version: int | None = None) -> Snapshot:
         version = self.version if version is None else version
         if self._snap is None or self._snap[0] != version:
-            self._snap = (version, _Snapshot(_read_all(self._tbl), self.dim))
+            self._snap = (version, Snapshot(read_all(self._tbl), self.dim))
         return self._snap[1]
 
-    def _snapshot_at(self, version: int, with_vectors: bool = True) -> _Snapshot:
+    def _snapshot_at(self, version: int, with_vectors: bool = True) -> Snapshot:
         if version == self.version:
             return self._snapshot()
         tbl = self._db.open_table(self.table_name)
         tbl.checkout(version)
-        return _Snapshot(_read_all(tbl), self.dim, with_vectors=with_vectors)
-
-    def _vector_index(self):
-        """This version's index on "vector" (LanceDB IndexConfig), or None."""
-        for idx in self._tbl.list_indices():
-            if list(idx.columns) == ["vector"]:
-                return idx
-        return None
-
-    def has_index(self, version: int | None = None) -> bool:
-        """Whether this view's version carries a vector index (cached per version)."""
-        version = self.version if version is None else version
-        if self._index is None or self._index[0] != version:
-            self._index = (version, self._vector_index() is not None)
-        return self._index[1]
+        return Snapshot(read_all(tbl), self.dim, with_vectors=with_vectors)
 
     def size(self, active_only: bool = True) -> int:
         snap = self._snapshot()
@@ -393,106 +281,14 @@ class SkillLibrary:
 
     def all_skills(self, active_only: bool = True) -> list[Skill]:
         snap = self._snapshot()
-        return [_skill(r) for r, a in zip(snap.rows, snap.active) if a or not active_only]
+        return [skill_of(r) for r, a in zip(snap.rows, snap.active) if a or not active_only]
 
     def get(self, ids: list[str]) -> list[Skill]:
         snap = self._snapshot()
         missing = [i for i in ids if i not in snap.by_id]
         if missing:
             raise KeyError(f"Unknown skill ids: {missing}")
-        return [_skill(snap.rows[snap.by_id[i]]) for i in ids]
-
-    def search(self, query_embeddings: np.ndarray, top_m: int) -> list[list[tuple[Skill, float]]]:
-        """Top-m active skills by cosine for each query row, best first, with the cosine in [-1, 1]."""
-        queries = _unit(np.asarray(query_embeddings, dtype=np.float32).reshape(-1, self.dim))
-        version = self.version  # one look-up per call (the head re-checks the table's latest version)
-        snap = self._snapshot(version)
-        if snap.n_active == 0 or top_m <= 0 or len(queries) == 0:
-            self.last_search_path = None
-            return [[] for _ in range(len(queries))]
-        if snap.n_active >= self.index_threshold and len(queries) < self.index_max_batch and self.has_index(version):
-            self.last_search_path = "index"
-            return self._index_search(queries, top_m, snap)
-        if snap.n_active > self.exact_search_max_rows:
-            self.last_search_path = "flat"
-            return self._lance_search(queries, top_m, snap)
-        self.last_search_path = "exact"
-        return self._exact_search(queries, top_m, snap)
-
-    def _exact_search(self, queries: np.ndarray, top_m: int, snap: _Snapshot) -> list[list[tuple[Skill, float]]]:
-        active, k = snap.active_idx, min(top_m, snap.n_active)
-        sims = queries @ snap.active_vectors.T
-        if k < len(active) and len(active) > 256:  # partial selection, then order the few (stable on ties)
-            cand = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            cand.sort(axis=1)
-            order = np.take_along_axis(cand, np.argsort(-np.take_along_axis(sims, cand, 1), 1, kind="stable"), 1)
-        else:
-            order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        best_sims = np.clip(np.take_along_axis(sims, order, 1), -1.0, 1.0).tolist()
-        rows = active[order].tolist()
-        return [[(_skill(snap.rows[j]), c) for j, c in zip(rr, cc)] for rr, cc in zip(rows, best_sims)]
-
-    def _index_search(self, queries: np.ndarray, top_m: int, snap: _Snapshot) -> list[list[tuple[Skill, float]]]:
-        """ANN candidates from the vector index, re-scored exactly; queries it leaves short fall back to exact."""
-        n_retired = len(snap.rows) - snap.n_active
-        fetch = top_m * max(1, self.index_refine)
-        if n_retired <= self.index_postfilter_max_retired:
-            hits = self._index_hits(queries, fetch + n_retired, prefilter=False)  # top_m survive any retired
-        else:
-            hits = self._index_hits(queries, fetch, prefilter=True)
-        qidx = (hits.column("query_index").to_numpy() if "query_index" in hits.column_names
-                else np.zeros(hits.num_rows, dtype=np.int64))  # fmt: skip
-        rows = snap.rows_of(hits.column("_rowid").to_numpy())
-        keep = rows >= 0
-        keep[keep] = snap.active[rows[keep]]  # retired rows never come back
-        qidx, rows = qidx[keep], rows[keep]
-        k = min(top_m, snap.n_active)
-        out, short = [], []
-        for q in range(len(queries)):
-            idx = np.unique(rows[qidx == q]) if len(queries) > 1 else np.unique(rows)
-            sims = snap.vectors[idx] @ queries[q]
-            best = np.argsort(-sims, kind="stable")[:top_m]
-            pairs = zip(idx[best].tolist(), np.clip(sims[best], -1.0, 1.0).tolist())
-            out.append([(_skill(snap.rows[j]), c) for j, c in pairs])
-            if len(best) < k:
-                short.append(q)
-        if short:
-            for q, res in zip(short, self._exact_search(queries[short], top_m, snap)):
-                out[q] = res
-        return out
-
-    def _index_hits(self, queries: np.ndarray, limit: int, prefilter: bool) -> pa.Table:
-        """Row ids (and approximate distances) of the index's nearest rows: no data columns are read. One round
-        trip to LanceDB's event loop through its async query API (the sync builder makes six, ≈ 0.6 ms/query)."""
-        vec = queries[0] if len(queries) == 1 else list(queries)
-        atbl = getattr(self._tbl, "_table", None)
-        if _LOOP is not None and atbl is not None and hasattr(atbl, "query"):
-            q = (atbl.query().nearest_to(vec).column("vector").distance_type("cosine").nprobes(self.index_nprobes)
-                 .with_row_id().select(["_distance"]).limit(limit))  # fmt: skip
-            if prefilter:
-                q = q.where("status = 'active'")
-            return _LOOP.run(q.to_arrow())
-        b = (self._tbl.search(vec, vector_column_name="vector").distance_type("cosine").nprobes(self.index_nprobes)
-             .with_row_id(True).select(["_distance"]).limit(limit))  # fmt: skip
-        if prefilter:
-            b = b.where("status = 'active'", prefilter=True)
-        return b.to_arrow()
-
-    def _lance_search(self, queries: np.ndarray, top_m: int, snap: _Snapshot) -> list[list[tuple[Skill, float]]]:
-        hits = (
-            self._tbl.search(queries[0] if len(queries) == 1 else list(queries), vector_column_name="vector")
-            .distance_type("cosine")
-            .bypass_vector_index()
-            .where("status = 'active'", prefilter=True)
-            .select(["id", "_distance"])
-            .limit(top_m)
-            .to_arrow()
-        )
-        qidx = hits.column("query_index").to_pylist() if "query_index" in hits.column_names else [0] * hits.num_rows
-        out: list[list[tuple[Skill, float]]] = [[] for _ in range(len(queries))]
-        for q, sid, dist in zip(qidx, hits.column("id").to_pylist(), hits.column("_distance").to_pylist()):
-            out[q].append((_skill(snap.rows[snap.by_id[sid]]), float(np.clip(1.0 - dist, -1.0, 1.0))))
-        return [sorted(hs, key=lambda h: -h[1]) for hs in out]
+        return [skill_of(snap.rows[snap.by_id[i]]) for i in ids]
 
     # ---- writes -------------------------------------------------------------------------------
     def _check_writable(self, what: str) -> None:
@@ -502,7 +298,7 @@ class SkillLibrary:
                 f"write to the head library instead."
             )
 
-    def _upsert(self, rows: list[dict], snap: _Snapshot) -> None:
+    def _upsert(self, rows: list[dict], snap: Snapshot) -> None:
         """One table write (one new version) for new and changed rows; nothing to write, no version."""
         if not rows:
             return
@@ -512,30 +308,6 @@ class SkillLibrary:
         data = pa.Table.from_pylist(rows, schema=self._schema)
         self._tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
         self._maintain_index()
-
-    def _maintain_index(self) -> bool:
-        """Writer side: build the vector index once `index_threshold` active skills exist, rebuild it when
-        more than `index_rebuild_fraction` of the rows are not covered. Returns whether it (re)built."""
-        if self._tbl.count_rows("status = 'active'") < self.index_threshold:
-            return False
-        idx = self._vector_index()
-        if idx is not None:
-            indexed, unindexed = idx.num_indexed_rows, idx.num_unindexed_rows
-            if indexed is None or unindexed is None:
-                stats = self._tbl.index_stats(idx.name)
-                indexed, unindexed = stats.num_indexed_rows, stats.num_unindexed_rows
-            if unindexed <= self.index_rebuild_fraction * max(indexed, 1):
-                return False
-        self.build_index()
-        return True
-
-    def build_index(self) -> int:
-        """(Re)build the IVF_SQ cosine index over all rows now (one new version); returns the version."""
-        self._check_writable("build the index")
-        self._tbl.create_index(
-            "vector", config=IvfSq(distance_type="cosine", num_partitions=self.index_partitions), replace=True
-        )
-        return self.version
 
     def add(
         self,
@@ -548,7 +320,7 @@ class SkillLibrary:
         initial_utility: float | None,
         merge_threshold: float = 0.95,
         max_chars: int = 2000,
-    ) -> AdmissionReport:
+    ) -> IntakeReport:
         """Admit drafts: reject empty or too long ones (scenario + strategy > max_chars), merge near-duplicates
         (cosine >= merge_threshold to an active skill or an earlier draft of this call) into the survivor's
         parent_ids, insert the rest. One table write at most."""
@@ -566,69 +338,31 @@ class SkillLibrary:
             initial_utility = float(np.mean([snap.rows[i]["utility"] for i in active])) if len(active) else 0.0
         if not np.isfinite(initial_utility):  # a NaN utility would rank, evict and checkpoint as garbage
             raise ValueError(f"add: initial utility must be finite, got {initial_utility}")
-        reasons: list[str | None] = []
-        for i, draft in enumerate(drafts):
-            scenario, strategy = (draft.scenario or "").strip(), (draft.strategy or "").strip()
-            reasons.append(
-                "empty_scenario" if not scenario
-                else "empty_strategy" if not strategy
-                else "too_long" if len(scenario) + len(strategy) > max_chars
-                else "bad_embedding" if not (np.all(np.isfinite(emb[i])) and np.linalg.norm(emb[i]) > 0)
-                else None
-            )  # fmt: skip
-        ok = [i for i, r in enumerate(reasons) if r is None]
-        vecs = _unit(emb[ok]) if ok else np.zeros((0, self.dim), dtype=np.float32)
-        # best match among the active skills for every admissible draft, in chunks (bounded memory)
-        best_act = np.full(len(ok), -np.inf, dtype=np.float32)
-        best_act_idx = np.zeros(len(ok), dtype=np.int64)
-        if len(active) and len(ok):
-            act = snap.active_vectors
-            step = max(1, 2_000_000 // len(active))
-            for c in range(0, len(ok), step):
-                sims = vecs[c : c + step] @ act.T
-                best_act_idx[c : c + step] = np.argmax(sims, axis=1)
-                best_act[c : c + step] = sims[np.arange(len(sims)), best_act_idx[c : c + step]]
-        new_vecs = np.zeros((len(ok), self.dim), dtype=np.float32)  # drafts accepted so far in this call
-        new_ids: list[str] = []
         known_ids = set(snap.by_id)
+
+        def new_id() -> str:
+            sid = uuid.uuid4().hex[:12]
+            while sid in known_ids:
+                sid = uuid.uuid4().hex[:12]
+            known_ids.add(sid)
+            return sid
+
+        plan = plan_intake(drafts, emb, snap.active_vectors if len(active) else np.zeros((0, self.dim), np.float32),
+                           [snap.rows[i]["id"] for i in active], merge_threshold=merge_threshold,
+                           max_chars=max_chars, new_id=new_id)
         new_rows: dict[str, dict] = {}
-        changed: dict[str, dict] = {}  # existing rows whose parent_ids grew
-        report = AdmissionReport()
-        pos = {i: p for p, i in enumerate(ok)}
-        for i, draft in enumerate(drafts):
-            if reasons[i]:
-                report.rejected.append((i, reasons[i]))
-                continue
-            new_id = uuid.uuid4().hex[:12]
-            while new_id in known_ids:
-                new_id = uuid.uuid4().hex[:12]
-            known_ids.add(new_id)
-            p = pos[i]
-            vec = vecs[p]
-            survivor, best = None, -np.inf
-            if len(active):  # ties go to the existing skill
-                survivor, best = snap.rows[active[best_act_idx[p]]]["id"], float(best_act[p])
-            if new_ids:
-                sims_new = new_vecs[: len(new_ids)] @ vec
-                j = int(np.argmax(sims_new))
-                if sims_new[j] > best:
-                    survivor, best = new_ids[j], float(sims_new[j])
-            if survivor is not None and best >= merge_threshold:
-                row = new_rows.get(survivor) or changed.setdefault(survivor, dict(snap.rows[snap.by_id[survivor]]))
-                row["parent_ids"] = list(row["parent_ids"] or []) + [new_id]
-                report.merged[new_id] = survivor
-                continue
-            scenario, strategy = draft.scenario.strip(), draft.strategy.strip()
-            new_rows[new_id] = dict(
-                id=new_id, scenario=scenario, strategy=strategy, vector=vec.tolist(), utility=float(initial_utility),
-                uses=0, wins=0, created_iteration=int(iteration), source_task=str(source_tasks[i]),
-                source_episode=str(source_episodes[i]), parent_ids=[], status="active",
-            )  # fmt: skip
-            report.accepted.append(new_id)
-            new_vecs[len(new_ids)] = vec
-            new_ids.append(new_id)
+        for i, sid, vec in plan.accepted:
+            new_rows[sid] = dict(
+                id=sid, scenario=drafts[i].scenario.strip(), strategy=drafts[i].strategy.strip(), vector=vec.tolist(),
+                utility=float(initial_utility), uses=0, wins=0, created_iteration=int(iteration),
+                source_task=str(source_tasks[i]), source_episode=str(source_episodes[i]), parent_ids=[],
+                status="active")
+        changed: dict[str, dict] = {}  # existing rows whose parent ids grew
+        for sid, survivor in plan.report.merged.items():
+            row = new_rows.get(survivor) or changed.setdefault(survivor, dict(snap.rows[snap.by_id[survivor]]))
+            row["parent_ids"] = list(row["parent_ids"] or []) + [sid]
         self._upsert(list(changed.values()) + list(new_rows.values()), snap)
-        return report
+        return plan.report
 
     def update_utilities(self, outcomes: dict[str, list[float]], alpha: float) -> int:
         """EMA each skill's utility over its outcomes in order; uses += len, wins += count(r >= 1). One write."""
@@ -657,14 +391,9 @@ class SkillLibrary:
     def evict(self, capacity: int) -> list[str]:
         """Retire the lowest u * log(n + 1) active skills (ties: oldest, then id) down to capacity. One write."""
         self._check_writable("evict")
-        if capacity < 0:
-            raise ValueError(f"capacity must be >= 0, got {capacity}")
         snap = self._snapshot()
-        active = [snap.rows[i] for i in snap.active_idx]
-        excess = len(active) - capacity
-        if excess <= 0:
-            return []
-        order = sorted(active, key=lambda r: (eviction_score(r["utility"], r["uses"]), r["created_iteration"], r["id"]))
-        rows = [dict(r, status="retired") for r in order[:excess]]
-        self._upsert(rows, snap)
+        retire = eviction_order([snap.rows[i] for i in snap.active_idx], capacity)
+        rows = [dict(snap.rows[snap.by_id[sid]], status="retired") for sid in retire]
+        if rows:
+            self._upsert(rows, snap)
         return [r["id"] for r in rows]

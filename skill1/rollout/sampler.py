@@ -1,51 +1,19 @@
-"""The Sampler interface and its transformers backend (CPU, or GPU without vLLM).
+"""The transformers sampler backend (CPU, or GPU without vLLM), and `make_sampler`, which picks a backend.
 
-A sampler turns prompt token ids into completions with the behaviour log-prob of every generated
-token, and takes new weights from the learner as one packet. The vLLM backend (issue 6) implements the
-same protocol in its own module, the only one that will import vLLM.
+The protocol every backend implements is `skill1.rollout.protocol`; the vLLM backend lives in
+`skill1.rollout.vllm`, the only module that imports vLLM.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
-
 import torch
 
 from skill1.agent.action_grammar import ActionGrammar, ActionTargets
-from skill1.agent.episode import Generated
 from skill1.algo.losses import gather_logprobs
-from skill1.learner.weight_sync import digest, flat_weights, load_packet
 from skill1.models.tiny import load_policy
-from skill1.types import WeightsPacket
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-
-
-@dataclass(frozen=True)
-class GenerationBatch:
-    """What a sampler actor returns: outputs plus the weights version that produced all of them (weights
-    change only between calls), which stamps every episode for staleness accounting."""
-
-    version: int
-    outputs: list[Generated]
-
-
-class Sampler(Protocol):
-    version: int
-
-    def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None,
-                 constraints: list[ActionTargets | None] | None = None) -> list[Generated]:
-        """One completion per prompt. `seeds[i]` makes row i's draws independent of its batch; where
-        `constraints[i]` is given, row i is decoded under the acting grammar (`action_grammar`)."""
-        ...
-
-    def load_weights(self, packet: WeightsPacket) -> None: ...
+from skill1.rollout.protocol import Sampler, SamplingParams
+from skill1.types import Generated, WeightsPacket
+from skill1.weights.wire import digest, flat_weights, load_packet
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,

@@ -13,9 +13,8 @@ import random
 import re
 import time
 
-from skill1.agent.episode import Generated
-from skill1.learner.weight_sync import digest
-from skill1.types import WeightsPacket
+from skill1.types import Generated, WeightsPacket
+from skill1.weights.wire import digest
 
 _ACTIONS = re.compile(r"(?:admissible actions of the current situation are|\nActions): \[(.*)\]\.", re.S)
 _TASK = re.compile(r"(?:Your task is to|^Task): (.*)", re.M)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skill1.agent.episode import Generated
-from skill1.rollout.sampler import SamplingParams
-from skill1.types import WeightsPacket
+from skill1.rollout.protocol import SamplingParams
+from skill1.types import Generated, WeightsPacket
 
 _EXTENSION = f"{__name__}.WeightLoaderExtension"
 
@@ -48,7 +47,7 @@ class WeightLoaderExtension:
 
         import torch
 
-        from skill1.learner.weight_sync import unpack
+        from skill1.weights.wire import unpack
 
         staging, self._skill1_staging = self._skill1_staging, None
         end = 0
@@ -153,11 +152,11 @@ class VLLMSampler:
         """The flat buffer goes to the worker in pieces of at most `load_bucket_bytes` (vLLM msgpack-encodes an
         RPC's arguments, and msgspec refuses anything over 2**32 - 1 bytes: a 7B bf16 model is 15.2 GB), staged
         there on the worker's device, checked to be whole, then loaded in one in-place reload."""
-        from skill1.learner.weight_sync import _VIEW_AS
+        from skill1.weights.wire import host_array
 
         flat = packet.flat
         if not isinstance(flat, np.ndarray):  # a tensor from a collective / CUDA IPC transport: to host once
-            flat = flat.detach().view(_VIEW_AS.get(flat.dtype, flat.dtype)).cpu().numpy()
+            flat = host_array(flat)
         raw = np.ascontiguousarray(flat).reshape(-1).view(np.uint8)
         step, self.load_rpcs = max(1, int(self.load_bucket_bytes)), 0
         for offset in range(0, raw.size, step):

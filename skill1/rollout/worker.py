@@ -13,14 +13,7 @@ evaluation); `submit(requests)` / `poll()` stream — the loop runs on a backgro
 at any time, finished ones are handed back by tag (asynchronous training). Every generation result carries
 the weights version that produced it; an episode is stamped with the oldest one it used.
 
-Sampler faults: a sampler actor that dies is restarted by Ray (`rollout.max_sampler_restarts`); its in-flight
-generations go to the other samplers at once (the episodes keep their state: a lost call is simply asked
-again), and it rejoins once it holds the current weights again (`set_weights_source`).
-
-Environment faults: a slot whose environment raised, a pool process that died, or a pool call that ran
-past its deadline (`step_timeout_s` per operation in it; the pool is then killed and Ray restarts it)
-re-queue the affected episodes from the start, up to `max_env_retries` times each; after that the episode
-comes back with `env_failed=True` and is left out of training, never scored 0.
+Sampler and environment faults are handled in `skill1.rollout.faults` (a mixin over this event loop's state).
 """
 
 from __future__ import annotations
@@ -31,82 +24,18 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import RayActorError
 
-from skill1.agent.episode import EpisodeSettings, Generate, Reset, Retrieve, Step, run_episode
+from skill1.agent.episode import Generate, Reset, Retrieve, Step, run_episode
 from skill1.envs.pool import EnvFailure
-from skill1.library.retrieval import RetrievalSettings, retrieve
-from skill1.rollout.sampler import SamplingParams
-from skill1.types import Episode, Task
-
-
-RESTART_BACKOFF_S = 0.5  # how long a lost pool is left alone while Ray brings it back
-
-
-@dataclass(frozen=True)
-class EnvFaultPolicy:
-    step_timeout_s: float = 60.0  # per reset/step; a pool call's deadline is this times its operations
-    max_env_retries: int = 2  # re-queues of one episode after environment faults
-
-
-@dataclass(frozen=True)
-class RolloutRequest:
-    """One batch of episodes to run: tasks with their group and episode ids, and what to pin."""
-
-    tasks: list[Task]
-    group_ids: list[str]
-    episode_ids: list[str]
-    settings: EpisodeSettings
-    retrieval: RetrievalSettings
-    temperature: float
-    top_p: float
-    library_version: int | None  # None: no library (or an empty one)
-    policy_version: int  # the version the driver believes the samplers hold (stamp when nothing generated)
-    faults: EnvFaultPolicy = EnvFaultPolicy()
-    tag: str = ""  # the driver's name for it in streaming mode (a group id)
-
-
-@dataclass
-class _Live:
-    """One running attempt of an episode."""
-
-    job: int  # the request it belongs to
-    index: int  # position in the request
-    attempt: int
-    gen: Generator
-    pool: int
-    sampler: int
-    slot: int  # unique per attempt: a restarted attempt never sees its predecessor's environment
-    key: int = -1
-    request: object = None
-    dispatched: bool = False
-    has_env: bool = False
-    min_version: int | None = None  # oldest weights version that generated for it
-
-
-@dataclass
-class _Call:
-    actor: tuple[str, int]  # ("sampler" | "pool", index)
-    members: list[tuple[int, int]]  # (live episode key, attempt)
-    deadline: float = float("inf")
-    sent: float = 0.0
-
-
-@dataclass
-class RolloutStats:
-    env_faults: int = 0  # environment failures seen (raised, pool died or hung)
-    pool_restarts: int = 0
-    requeued: int = 0
-    failed_episodes: int = 0  # gave up after max_env_retries
-    generate_calls: int = 0
-    env_calls: int = 0
-    sampler_restarts: int = 0  # sampler actors lost (and brought back by Ray)
-    regenerated: int = 0  # generation requests asked again after their sampler died
-    fault_log: list[str] = field(default_factory=list)
+from skill1.library.retrieval import retrieve
+from skill1.rollout.faults import FaultHandling
+from skill1.rollout.live import LiveEpisode, PendingCall
+from skill1.rollout.protocol import SamplingParams
+from skill1.types import Episode, RolloutProgress, RolloutRequest, RolloutStats
 
 
 @dataclass
@@ -127,17 +56,7 @@ class _Job:
         return [self.finished[i] for i in range(len(self.req.tasks))]
 
 
-@dataclass
-class RolloutProgress:
-    """What `poll` hands back: finished requests (by tag) and the worker's cumulative counters."""
-
-    completed: list[tuple[str, list[Episode]]]
-    stats: RolloutStats
-    busy_s: dict[str, float]  # "sampler-0" / "pool-1" -> seconds with a call in flight, cumulative
-    live_episodes: int
-
-
-class RolloutWorker:
+class RolloutWorker(FaultHandling):
     """Runs episodes for one request at a time (`run`, synchronous training and evaluation), or streams:
     `submit` requests at any time, `poll` for the finished ones (asynchronous training). Both drive the same
     event loop; in streaming mode it runs on a background thread of this actor."""
@@ -156,9 +75,9 @@ class RolloutWorker:
         self._slots = itertools.count()
         self._keys = itertools.count()
         self.last_stats = self._stats = RolloutStats()
-        self._live: dict[int, _Live] = {}
+        self._live: dict[int, LiveEpisode] = {}
         self._jobs: dict[int, _Job] = {}
-        self._inflight: dict[ray.ObjectRef, _Call] = {}
+        self._inflight: dict[ray.ObjectRef, PendingCall] = {}
         self._backoff: dict[int, float] = {}  # pool -> monotonic time before which it is still coming back
         self._recovering: set[int] = set()  # pools lost and not yet heard from since
         self._busy: dict[str, float] = defaultdict(float)
@@ -179,11 +98,6 @@ class RolloutWorker:
     def busy(self) -> dict[str, float]:
         """Seconds each sampler / pool has had a call in flight, cumulative ("sampler-0", "pool-1", ...)."""
         return dict(self._busy)
-
-    def set_weights_source(self, packet_ref: list, learner=None) -> None:
-        """Where a restarted sampler gets the current weights: the newest packet (object-store sync, passed
-        as `[ref]` so it stays a reference) or the learner's `get_weights` (collective / CUDA IPC sync)."""
-        self._weights_ref, self._weights_learner = packet_ref[0], learner
 
     def run(self, req: RolloutRequest) -> list[Episode]:
         """Run every episode of `req` and return them in request order. Not while streaming: `stop()` first."""
@@ -307,42 +221,10 @@ class RolloutWorker:
         gen = run_episode(req.tasks[index], req.episode_ids[index], req.group_ids[index], self.tokenizer,
                           req.settings)
         key = next(self._keys)
-        ep = self._live[key] = _Live(job_key, index, attempt, gen, pool, sampler, next(self._slots), key)
+        ep = self._live[key] = LiveEpisode(job_key, index, attempt, gen, pool, sampler, next(self._slots), key)
         self._advance(ep, None)
 
-    def _least_loaded_sampler(self, load: dict[int, int]) -> int:
-        healthy = [s for s in range(len(self.samplers)) if s not in self._sampler_down] or range(len(self.samplers))
-        return min(healthy, key=lambda s: (load[s], s))
-
-    def _sampler_lost(self, s: int, call: _Call, why: str) -> None:
-        """Re-route the lost call's episodes to live samplers and start bringing `s` back."""
-        if s not in self._sampler_down:
-            self._sampler_down.add(s)
-            self._stats.sampler_restarts += 1
-            self._stats.fault_log.append(f"sampler {s} lost: {why}")
-            self._rejoin(s)
-        load: dict[int, int] = defaultdict(int)
-        for ep in self._live.values():
-            load[ep.sampler] += 1
-        for key, attempt in call.members:
-            ep = self._live.get(key)
-            if ep is not None and ep.attempt == attempt:
-                ep.dispatched = False  # the same request again, elsewhere: the episode's state is intact
-                ep.sampler = self._least_loaded_sampler(load)
-                load[ep.sampler] += 1
-                self._stats.regenerated += 1
-
-    def _rejoin(self, s: int) -> None:
-        """Ray queues the call until the actor is back; it answers with the version it then holds."""
-        if self._weights_ref is not None:
-            ref = self.samplers[s].load_weights.remote(self._weights_ref)
-        elif self._weights_learner is not None:
-            ref = self.samplers[s].load_weights.remote(self._weights_learner.get_weights.remote())
-        else:  # nothing trained yet: a fresh sampler holds the current (initial) weights
-            ref = self.samplers[s].version.remote()
-        self._inflight[ref] = _Call(("rejoin", s), [], float("inf"), time.monotonic())
-
-    def _advance(self, ep: _Live, result) -> None:
+    def _advance(self, ep: LiveEpisode, result) -> None:
         """Feed a result; answer retrievals on the spot; stop at the next remote request."""
         job = self._jobs[ep.job]
         while True:
@@ -356,7 +238,7 @@ class RolloutWorker:
                 return
             result = retrieve(job.library, job.encoder, [ep.request.query], job.req.retrieval, job.total_uses)[0]
 
-    def _finish(self, ep: _Live, episode: Episode) -> None:
+    def _finish(self, ep: LiveEpisode, episode: Episode) -> None:
         del self._live[ep.key]
         if ep.has_env:  # fire and forget: nothing waits on freeing a slot
             self.pools[ep.pool].release.remote([ep.slot])
@@ -368,31 +250,6 @@ class RolloutWorker:
         job.finished[ep.index] = episode
         if job.complete:
             self._done(ep.job)
-
-    def _fault(self, ep: _Live, why: str) -> None:
-        """Drop this attempt; re-queue the episode or give up on it."""
-        job = self._jobs[ep.job]
-        stats = self._stats
-        stats.env_faults += 1
-        stats.fault_log.append(f"{job.req.episode_ids[ep.index]} attempt {ep.attempt}: {why}")
-        ep.gen.close()
-        del self._live[ep.key]
-        if ep.attempt < job.req.faults.max_env_retries:
-            stats.requeued += 1
-            self._start(ep.job, ep.index, ep.attempt + 1)
-        else:
-            stats.failed_episodes += 1
-            job.finished[ep.index] = _failed_episode(job.req, ep.index, ep.attempt)
-            if job.complete:
-                self._done(ep.job)
-
-    def _pool_lost(self, p: int, why: str) -> None:
-        """Every episode with an environment, or a call, in pool `p` starts again (bounded retries)."""
-        for ref in [r for r, c in self._inflight.items() if c.actor == ("pool", p)]:
-            del self._inflight[ref]
-        self._backoff[p] = time.monotonic() + RESTART_BACKOFF_S
-        for ep in [e for e in self._live.values() if e.pool == p and (e.has_env or e.dispatched)]:
-            self._fault(ep, why)
 
     def _tick(self, streaming: bool) -> None:
         """One turn of the event loop: send what is ready, wait for something to come back, handle it."""
@@ -417,41 +274,13 @@ class RolloutWorker:
             if call.actor[0] != "rejoin":
                 self._busy[f"{call.actor[0]}-{call.actor[1]}"] += time.monotonic() - call.sent
             self._handle(ref, call)
-        now = time.monotonic()
-        for ref, call in list(self._inflight.items()):
-            if call.actor[0] == "pool" and now > call.deadline and ref in self._inflight:
-                p = call.actor[1]
-                ray.kill(self.pools[p], no_restart=False)  # Ray brings the actor back empty
-                self._recovering.add(p)
-                self._stats.pool_restarts += 1
-                self._pool_lost(p, f"env pool {p} hung (call past its per-operation deadline)")
+        self._kill_hung_pools()
 
-    def _handle(self, ref: ray.ObjectRef, call: _Call) -> None:
+    def _handle(self, ref: ray.ObjectRef, call: PendingCall) -> None:
         try:
             values = ray.get(ref)
         except RayActorError as exc:  # died, or unavailable while Ray restarts it
-            if call.actor[0] == "sampler":
-                self._sampler_lost(call.actor[1], call, type(exc).__name__)
-                return
-            if call.actor[0] == "rejoin":  # still coming back: ask again shortly
-                time.sleep(RESTART_BACKOFF_S)
-                self._rejoin(call.actor[1])
-                return
-            p = call.actor[1]
-            if p not in self._recovering:  # a new incident: its environments are gone
-                self._recovering.add(p)
-                self._stats.pool_restarts += 1
-                self._pool_lost(p, f"env pool {p} died ({type(exc).__name__})")
-                return
-            # the same incident, a call that raced the restart: resets go again after a pause
-            self._backoff[p] = time.monotonic() + RESTART_BACKOFF_S
-            for key, attempt in call.members:
-                ep = self._live.get(key)
-                if ep is not None and ep.attempt == attempt:
-                    if isinstance(ep.request, Reset):
-                        ep.dispatched = False
-                    else:
-                        self._fault(ep, f"env pool {p} restarting")
+            self._actor_lost(call, exc)
             return
         if call.actor[0] == "rejoin":
             self._sampler_down.discard(call.actor[1])  # holds the current weights: back in service
@@ -483,9 +312,9 @@ class RolloutWorker:
     def _dispatch(self, restarting: set[int]) -> None:
         busy = {c.actor for c in self._inflight.values()}  # at most one call in flight per actor
         busy |= {("pool", p) for p in restarting} | {("sampler", s) for s in self._sampler_down}
-        gens: dict[tuple, list[_Live]] = defaultdict(list)
-        resets: dict[int, list[_Live]] = defaultdict(list)
-        steps: dict[int, list[_Live]] = defaultdict(list)
+        gens: dict[tuple, list[LiveEpisode]] = defaultdict(list)
+        resets: dict[int, list[LiveEpisode]] = defaultdict(list)
+        steps: dict[int, list[LiveEpisode]] = defaultdict(list)
         for ep in self._live.values():
             if ep.dispatched:
                 continue
@@ -498,7 +327,7 @@ class RolloutWorker:
                 (resets if isinstance(r, Reset) else steps)[ep.pool].append(ep)
             elif not isinstance(r, (Reset, Step)):
                 raise TypeError(f"episode {ep.key} yielded an unknown request {r!r}")
-        calls: list[tuple[tuple[str, int], list[_Live], ray.ObjectRef]] = []
+        calls: list[tuple[tuple[str, int], list[LiveEpisode], ray.ObjectRef]] = []
         for (s, _stage, max_new, temperature, top_p), eps in gens.items():
             params = SamplingParams(temperature, top_p, max_new)
             ref = self.samplers[s].generate.remote([e.request.prompt_ids for e in eps], params,
@@ -519,13 +348,6 @@ class RolloutWorker:
                 timeout = max(self._jobs[e.job].req.faults.step_timeout_s for e in eps)
                 queued = [c.deadline for c in self._inflight.values() if c.actor == actor]
                 deadline = max([now, *queued]) + timeout * len(eps)
-            self._inflight[ref] = _Call(actor, [(e.key, e.attempt) for e in eps], deadline, now)
+            self._inflight[ref] = PendingCall(actor, [(e.key, e.attempt) for e in eps], deadline, now)
             for e in eps:
                 e.dispatched = True
-
-
-def _failed_episode(req: RolloutRequest, index: int, attempts: int) -> Episode:
-    return Episode(episode_id=req.episode_ids[index], group_id=req.group_ids[index], task=req.tasks[index],
-                   segments=[], candidates=[], chosen_skill_id=None, outcome=0.0, success=False, num_steps=0,
-                   num_invalid_actions=0, library_version=req.library_version or 0,
-                   policy_version=req.policy_version, env_failed=True, env_restarts=attempts)

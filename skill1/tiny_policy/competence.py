@@ -7,12 +7,11 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from skill1.agent.episode import EpisodeSettings
-from skill1.agent.local_rollout import run_local
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
-from skill1.models.warm_start import demo_candidates
+from skill1.rollout.local import run_local
 from skill1.rollout.sampler import HFSampler
-from skill1.types import Episode, Stage
+from skill1.tiny_policy.warm_start import demo_candidates
+from skill1.types import Episode, EpisodeSettings, Stage
 
 
 def competence(episodes: list[Episode]) -> dict[str, float]:

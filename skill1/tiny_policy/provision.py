@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from skill1.config import ModelConfig, Skill1Config
+from skill1.config import ModelConfig
 from skill1.run_dir import MODEL_MARKER, DirLock, check_model_dir_replaceable
 
 TOKENIZER_CORPUS_TASKS = 200
@@ -23,7 +23,7 @@ TOKENIZER_CORPUS_TASKS = 200
 def env_corpus(settings, num_tasks: int = TOKENIZER_CORPUS_TASKS) -> list[str]:
     """The text of demonstrations (prompts and responses, chat markup included) the env tokenizer learns from."""
     from skill1.models.tokenizer import build_chat_template, build_qwen_tokenizer
-    from skill1.models.warm_start import demo_tasks, demonstrations
+    from skill1.tiny_policy.warm_start import demo_tasks, demonstrations
 
     qwen = build_qwen_tokenizer()  # any exact tokenizer renders the text; Qwen's is at hand
     qwen.chat_template = build_chat_template(None)  # as the env tokenizer renders chats: no system block
@@ -41,8 +41,9 @@ def build_tokenizer(cfg: ModelConfig, settings):
     return train_env_tokenizer(env_corpus(settings), vocab_size=cfg.vocab_size)
 
 
-def ensure_policy(cfg: ModelConfig, force: bool = False, settings=None) -> str:
-    """`settings`: the `EpisodeSettings` the demonstrations are played with (default: the default config's)."""
+def ensure_policy(cfg: ModelConfig, settings, force: bool = False) -> str:
+    """`settings`: the `EpisodeSettings` of the run that asks (`skill1.settings.episode_settings`): the
+    demonstrations are played with them."""
     path = Path(cfg.path)
     if (path / "config.json").is_file() and not force:
         return str(path)
@@ -50,9 +51,6 @@ def ensure_policy(cfg: ModelConfig, force: bool = False, settings=None) -> str:
         raise FileNotFoundError(
             f"model.path: no model at {path} (expected a Hugging Face model dir with config.json); "
             "run `skill1 model init-tiny --out <dir>` or point model.path at e.g. Qwen2.5-7B-Instruct")
-    from skill1.agent.episode import EpisodeSettings
-
-    settings = settings or EpisodeSettings.from_config(Skill1Config(), training=True)
     # never over something we did not build (a folder of models, `--out ..`), one builder at a time
     check_model_dir_replaceable(path)
     with DirLock(path, "tiny-model build"):
@@ -64,7 +62,7 @@ def ensure_policy(cfg: ModelConfig, force: bool = False, settings=None) -> str:
 
 def _build(cfg: ModelConfig, path: Path, settings) -> None:
     from skill1.models.tiny import TinyModelSpec, count_parameters, init_tiny_model, load_policy
-    from skill1.models.warm_start import warm_start
+    from skill1.tiny_policy.warm_start import warm_start
 
     # build beside the target and rename at the end: a crash never leaves a half-written model dir; the
     # debris of crashed builds (we hold the lock: no other build is running) goes first

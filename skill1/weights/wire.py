@@ -39,10 +39,15 @@ def pack_state(model: torch.nn.Module, version: int) -> WeightsPacket:
     return host_packet(version, layout_of(model), flat)
 
 
+def host_array(flat: torch.Tensor) -> np.ndarray:
+    """A flat weights buffer as a host numpy array, 16-bit floats viewed as int16 (numpy has no bfloat16)."""
+    return flat.detach().cpu().view(_VIEW_AS.get(flat.dtype, flat.dtype)).numpy()
+
+
 def host_packet(version: int, layout: "WeightsLayout", flat: torch.Tensor) -> WeightsPacket:
-    """A packet for the object store: the flat buffer as a host numpy array (16-bit floats as int16)."""
-    array = flat.cpu().view(_VIEW_AS.get(flat.dtype, flat.dtype)).numpy()
-    return WeightsPacket(version=version, names=layout.names, shapes=layout.shapes, dtype=layout.dtype, flat=array)
+    """A packet for the object store: the flat buffer as a host array (`host_array`)."""
+    return WeightsPacket(version=version, names=layout.names, shapes=layout.shapes, dtype=layout.dtype,
+                         flat=host_array(flat))
 
 
 def unpack(packet: WeightsPacket) -> dict[str, torch.Tensor]:

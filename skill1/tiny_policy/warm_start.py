@@ -24,16 +24,16 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from skill1.agent.episode import EpisodeSettings, Generate, Generated, run_episode
-from skill1.agent.local_rollout import answer
+from skill1.agent.episode import Generate, run_episode
 from skill1.agent.parsing import parse_action
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.envs.builtin.searcher import search_actions
 from skill1.envs.builtin.world import APPLIANCE, DESKLAMP, PRIORS, SPECS, VERB, generate_world
 from skill1.learner.batching import collate
 from skill1.learner.forward import response_logprobs
-from skill1.rollout.sampler import SamplingParams
-from skill1.types import Candidate, SkillDraft, Stage, Task, TrainSample
+from skill1.rollout.local import answer
+from skill1.rollout.protocol import SamplingParams
+from skill1.types import Candidate, EpisodeSettings, Generated, SkillDraft, Stage, Task, TrainSample
 
 # The gist of a task: what a query asks for and what a skill's scenario is filed under.
 GIST = {

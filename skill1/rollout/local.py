@@ -10,9 +10,9 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-from skill1.agent.episode import EpisodeSettings, Generate, Reset, Retrieve, Step, run_episode
-from skill1.rollout.sampler import SamplingParams
-from skill1.types import Candidate, Episode, Task
+from skill1.agent.episode import Generate, Reset, Retrieve, Step, run_episode
+from skill1.rollout.protocol import SamplingParams
+from skill1.types import Candidate, Episode, EpisodeSettings, Task
 
 
 def answer(request: Retrieve | Reset | Step, env, retrieve: Callable[[str], list[Candidate]]):
