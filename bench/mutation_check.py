@@ -204,7 +204,7 @@ MUTATIONS: list[Mutation] = [
     _m("zero3_layout_reads_placeholders", "skill1/weights/wire.py",
        'return tuple(getattr(p, "ds_shape", p.shape))', "return tuple(p.shape)",
        ["tests/test_zero3.py"], group="gpu", why="samplers would allocate 0-element buffers"),
-    _m("every_rank_broadcasts", "skill1/learner/learner.py",
+    _m("every_rank_broadcasts", "skill1/learner/weight_source.py",
        "mine = self.rank == 0 or every_rank", "mine = True",
        ["tests/test_zero3.py"], group="gpu", why="ranks 1.. have no weights channel"),
     _m("ranks_run_their_own_micro_batch_count", "skill1/learner/learner.py",

@@ -11,36 +11,16 @@ that imported it must never fork, and `skill1.cli` is imported by the `train` co
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
 import sys
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
 from skill1.config import load_config
+from skill1.terminal import (IDS_CHARS, NUM, SCENARIO_CHARS, STRATEGY_CHARS, Grid, fmt, make_console, mean, plain,
+                             print_json, skill_dict, sym)
 
 SORT_KEYS = ("utility", "uses", "created")
-
-
-# Skill texts are model output, and tag names and paths come from a run directory someone else may have made:
-# an ANSI escape in them would recolour, retitle, hide or rewrite what the terminal shows; C1 controls and
-# bidi overrides reorder it. Escape sequences go whole, then any other control character (whitespace is left
-# for the callers, which collapse it).
-_TERMINAL_CONTROL = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI (colours, cursor moves, erase)
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC (window title, hyperlinks, clipboard)
-    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"  # DCS / SOS / PM / APC strings
-    r"|\x1b[ -/]*[0-~]?"  # any other escape (and a lone ESC)
-    r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
-    r"|[\x00-\x08\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-)
-
-
-def plain(text) -> str:
-    """`text` without terminal control sequences or control characters: safe to print."""
-    return _TERMINAL_CONTROL.sub("", str(text))
 
 
 class CommandError(Exception):
@@ -135,88 +115,6 @@ class _View:
         return {"ref": "head" if self.ref is None else self.ref, "version": self.version, "tags": self.tags}
 
 
-# ---- output helpers ---------------------------------------------------------------------------
-_FANCY = {"...": "…", "->": "→", "du": "Δu", "*": "·"}
-_sym = dict(_FANCY)  # what the tables print; plain ASCII when stdout cannot encode these
-
-
-def _console():
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=200)  # piped: don't squeeze tables into 80 columns
-    plain = not console.encoding.lower().startswith("utf")
-    _sym.update({k: k if plain else v for k, v in _FANCY.items()})
-    if plain and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="replace")  # skill texts may hold any character
-    return console
-
-
-_NUM = "num"  # a right-aligned column, never truncated
-_SCENARIO_CHARS, _STRATEGY_CHARS, _IDS_CHARS = 48, 64, 40  # text columns: at most this wide, less if narrow
-
-
-class _Grid:
-    """A rich table whose text columns (scenario, strategy) give way first: each row stays on one line,
-    ids and numbers are never cut, and the long texts are cut with an ellipsis to fit the console."""
-
-    def __init__(self, title: str, *columns: str | tuple[str, str | int]):
-        self.title, self.caption = title, None
-        self.columns = [(c, None) if isinstance(c, str) else c for c in columns]
-        self.rows: list[tuple[list[str], str | None]] = []
-
-    def add(self, *cells, style: str | None = None) -> None:
-        self.rows.append(([" ".join(plain(c).split()) for c in cells], style))
-
-    def print(self, console) -> None:
-        from rich.table import Table
-        from rich.text import Text  # cells as Text: skill texts are never read as rich markup
-
-        natural = [max([len(h)] + [len(r[k]) for r, _ in self.rows]) for k, (h, _) in enumerate(self.columns)]
-        caps = {k: min(natural[k], spec) for k, (_, spec) in enumerate(self.columns) if isinstance(spec, int)}
-        fixed = sum(w for k, w in enumerate(natural) if k not in caps) + 3 * len(self.columns) + 1
-        room = console.width - fixed  # what the text columns may take together
-        if caps and sum(caps.values()) > room:
-            total = sum(caps.values())
-            caps = {k: max(min(8, w), w * room // total) for k, w in caps.items()}
-        table = Table(title=Text(plain(self.title)), title_justify="left",
-                      caption=Text(plain(self.caption)) if self.caption else None, caption_justify="left")
-        for k, (header, spec) in enumerate(self.columns):
-            if k in caps:
-                table.add_column(header, no_wrap=True, overflow="ellipsis", max_width=caps[k])
-            else:
-                table.add_column(header, no_wrap=True, justify="right" if spec == _NUM else "left")
-        for cells, style in self.rows:
-            table.add_row(*[Text(_short(c, caps[k]) if k in caps else c) for k, c in enumerate(cells)], style=style)
-        console.print(table)
-
-
-def _short(text: str, n: int) -> str:
-    text = " ".join(str(text).split())
-    dots = _sym["..."]
-    return text if len(text) <= n else text[: max(n - len(dots), 0)] + dots
-
-
-def _json(doc) -> None:
-    print(json.dumps(doc, indent=2))
-
-
-def _skill_dict(skill) -> dict:
-    d = asdict(skill)
-    d.pop("vector", None)
-    return d
-
-
-def _mean(xs) -> float | None:
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else None
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
 # ---- commands ---------------------------------------------------------------------------------
 def library_ls(args) -> None:
     run = _Run(args.run)
@@ -228,16 +126,16 @@ def library_ls(args) -> None:
     for tag, version in tags:
         skills = lib.checkout(version).all_skills(active_only=True)
         rows.append({"tag": tag, "version": version, "active_skills": len(skills),
-                     "mean_utility": _mean(s.utility for s in skills), "total_uses": sum(s.uses for s in skills)})
+                     "mean_utility": mean(s.utility for s in skills), "total_uses": sum(s.uses for s in skills)})
     if args.json:
-        _json(rows)
+        print_json(rows)
         return
-    table = _Grid(f"Skill library snapshots of {args.run}", "tag", ("version", _NUM), ("active skills", _NUM),
-                  ("mean utility", _NUM), ("total uses", _NUM))
+    table = Grid(f"Skill library snapshots of {args.run}", "tag", ("version", NUM), ("active skills", NUM),
+                  ("mean utility", NUM), ("total uses", NUM))
     for r in rows:
-        table.add(r["tag"], r["version"], r["active_skills"], _fmt(r["mean_utility"]), r["total_uses"])
+        table.add(r["tag"], r["version"], r["active_skills"], fmt(r["mean_utility"]), r["total_uses"])
     table.caption = f"head: version {lib.version}, {lib.size()} active skills"
-    table.print(_console())
+    table.print(make_console())
 
 
 def _sorted_skills(skills: list, key: str) -> list:
@@ -258,17 +156,17 @@ def library_show(args) -> None:
     ordered = _sorted_skills(skills, args.sort)
     shown = ordered if args.top <= 0 else ordered[: args.top]
     if args.json:
-        _json({"run": str(run.dir), "snapshot": view.describe(), "sort": args.sort, "include_retired": args.all,
-               "total": len(skills), "skills": [_skill_dict(s) for s in shown]})
+        print_json({"run": str(run.dir), "snapshot": view.describe(), "sort": args.sort, "include_retired": args.all,
+               "total": len(skills), "skills": [skill_dict(s) for s in shown]})
         return
-    table = _Grid(f"Skills at {view.label}, by {args.sort}", "id", ("u", _NUM), ("n", _NUM), ("wins", _NUM),
-                  ("created", _NUM), "status", ("scenario", _SCENARIO_CHARS), ("strategy", _STRATEGY_CHARS))
+    table = Grid(f"Skills at {view.label}, by {args.sort}", "id", ("u", NUM), ("n", NUM), ("wins", NUM),
+                  ("created", NUM), "status", ("scenario", SCENARIO_CHARS), ("strategy", STRATEGY_CHARS))
     for s in shown:
         table.add(s.id, f"{s.utility:.3f}", s.uses, s.wins, s.created_iteration, s.status, s.scenario, s.strategy,
                   style="dim" if s.status != "active" else None)
     table.caption = f"{len(shown)} of {len(skills)} {'skills' if args.all else 'active skills'}" + (
         "" if len(shown) == len(skills) else " (--top N for more, --top 0 for all)")
-    table.print(_console())
+    table.print(make_console())
 
 
 def library_search(args) -> None:
@@ -290,13 +188,13 @@ def library_search(args) -> None:
                                  similarity_weight=lc.similarity_weight)
     hits = retrieve(view.lib, run.encoder, [query], settings, sum(s.uses for s in active))[0]
     if args.json:
-        _json({"run": str(run.dir), "snapshot": view.describe(), "query": query,
+        print_json({"run": str(run.dir), "snapshot": view.describe(), "query": query,
                "settings": asdict(settings), "results": [dict(rank=i + 1, **asdict(c)) for i, c in enumerate(hits)]})
         return
-    console = _console()
-    table = _Grid(f"{query!r} at {view.label}: greedy score = u + {settings.similarity_weight:g}{_sym['*']}cos",
-                  ("rank", _NUM), "id", ("score", _NUM), ("cos", _NUM), ("u", _NUM), ("n", _NUM),
-                  ("scenario", _SCENARIO_CHARS), ("strategy", _STRATEGY_CHARS))
+    console = make_console()
+    table = Grid(f"{query!r} at {view.label}: greedy score = u + {settings.similarity_weight:g}{sym['*']}cos",
+                  ("rank", NUM), "id", ("score", NUM), ("cos", NUM), ("u", NUM), ("n", NUM),
+                  ("scenario", SCENARIO_CHARS), ("strategy", STRATEGY_CHARS))
     for i, c in enumerate(hits):
         table.add(i + 1, c.skill_id, f"{c.score:.3f}", f"{c.similarity:.3f}", f"{c.utility:.3f}", c.uses,
                   c.scenario, c.strategy)
@@ -311,14 +209,14 @@ def library_diff(args) -> None:
     changes = sorted(d.utility_changes, key=lambda c: (-abs(c[2] - c[1]), c[0]))
     merged_ids = sorted(d.merged, key=lambda i: (-len(d.merged[i]), i))
     if args.json:
-        _json({"run": str(run.dir), "from": va.describe(), "to": vb.describe(),
-               "added": [_skill_dict(s) for s in d.added], "retired": [_skill_dict(s) for s in d.retired],
+        print_json({"run": str(run.dir), "from": va.describe(), "to": vb.describe(),
+               "added": [skill_dict(s) for s in d.added], "retired": [skill_dict(s) for s in d.retired],
                "merged": {i: list(d.merged[i]) for i in merged_ids},
                "utility_changes": [{"id": i, "u_from": uf, "u_to": ut, "uses_from": nf, "uses_to": nt}
                                    for i, uf, ut, nf, nt in changes]})
         return
-    console, top = _console(), args.top if args.top > 0 else None
-    console.print(plain(f"Skill library diff: {va.label} {_sym['->']} {vb.label}: {len(d.added)} added, "
+    console, top = make_console(), args.top if args.top > 0 else None
+    console.print(plain(f"Skill library diff: {va.label} {sym['->']} {vb.label}: {len(d.added)} added, "
                         f"{len(d.merged)} merged into, {len(d.retired)} retired, {len(d.utility_changes)} utility "
                         f"changes"), markup=False)
 
@@ -326,8 +224,8 @@ def library_diff(args) -> None:
         return None if top is None or n_all <= top else f"{top} of {n_all} (--top N, or --json for all)"
 
     def skills_table(title: str, skills: list) -> None:
-        t = _Grid(title, "id", ("u", _NUM), ("n", _NUM), ("created", _NUM), ("scenario", _SCENARIO_CHARS),
-                  ("strategy", _STRATEGY_CHARS))
+        t = Grid(title, "id", ("u", NUM), ("n", NUM), ("created", NUM), ("scenario", SCENARIO_CHARS),
+                  ("strategy", STRATEGY_CHARS))
         for s in skills[:top]:
             t.add(s.id, f"{s.utility:.3f}", s.uses, s.created_iteration, s.scenario, s.strategy)
         t.caption = more(len(skills))
@@ -337,8 +235,8 @@ def library_diff(args) -> None:
         skills_table(f"Added ({len(d.added)})", _sorted_skills(d.added, "utility"))
     if d.merged:
         survivors = {s.id: s for s in vb.lib.all_skills(active_only=False)}
-        t = _Grid(f"Merged into ({len(d.merged)})", "id", ("new parents", _NUM), ("parent ids", _IDS_CHARS),
-                  ("scenario", _SCENARIO_CHARS))
+        t = Grid(f"Merged into ({len(d.merged)})", "id", ("new parents", NUM), ("parent ids", IDS_CHARS),
+                  ("scenario", SCENARIO_CHARS))
         for i in merged_ids[:top]:
             s = survivors.get(i)
             t.add(i, len(d.merged[i]), ", ".join(d.merged[i]), s.scenario if s else "")
@@ -347,9 +245,9 @@ def library_diff(args) -> None:
     if d.retired:
         skills_table(f"Retired ({len(d.retired)})", _sorted_skills(d.retired, "utility"))
     if changes:
-        du = _sym["du"]
-        t = _Grid(f"Utility changes ({len(changes)}, largest |{du}| first)", "id", ("u from", _NUM), ("u to", _NUM),
-                  (du, _NUM), ("n from", _NUM), ("n to", _NUM))
+        du = sym["du"]
+        t = Grid(f"Utility changes ({len(changes)}, largest |{du}| first)", "id", ("u from", NUM), ("u to", NUM),
+                  (du, NUM), ("n from", NUM), ("n to", NUM))
         for i, uf, ut, nf, nt in changes[:top]:
             t.add(i, f"{uf:.3f}", f"{ut:.3f}", f"{ut - uf:+.3f}", nf, nt)
         t.caption = more(len(changes))
@@ -384,7 +282,7 @@ def library_restore(args) -> None:
             raise CommandError("restore cancelled; the library is unchanged")
     new_version = _checked(lib.restore, ref)
     if args.json:
-        _json({"run": str(run.dir), "restored": target.describe(), "previous_head_version": head_version,
+        print_json({"run": str(run.dir), "restored": target.describe(), "previous_head_version": head_version,
                "head_version": new_version, "active_skills": lib.size()})
         return
     print(plain(f"restored {target.label}: the head is now version {new_version} with {lib.size()} active skills "
@@ -411,7 +309,7 @@ def library_export(args) -> None:
         raise CommandError(f"--out: no such directory: {out.parent}")
     rows = _checked(run.lib.export, str(out), ref, active_only=args.active_only, with_vectors=args.with_vectors)
     if args.json:
-        _json({"run": str(run.dir), "snapshot": view.describe(), "path": str(out), "rows": rows,
+        print_json({"run": str(run.dir), "snapshot": view.describe(), "path": str(out), "rows": rows,
                "active_only": args.active_only, "with_vectors": args.with_vectors})
         return
     print(plain(f"{out}  ({rows} {'active ' if args.active_only else ''}skills from {view.label})"))

@@ -13,7 +13,7 @@ from skill1.envs.builtin.world import World, generate_world
 from skill1.envs.registry import make_env, make_task_source
 from skill1.types import Task
 
-CONFIG_MAX_STEPS = 10  # env.max_steps default in skill1/config.py: expert demos must fit in it
+CONFIG_MAX_STEPS = 10  # env.max_steps default in skill1/config_sections.py: expert demos must fit in it
 FAMILY_VERBS = {
     "pick_and_place": set(),
     "pick_two_obj_and_place": set(),

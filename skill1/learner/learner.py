@@ -6,9 +6,7 @@ the same engine config takes bf16 and ZeRO-2/3; several ranks form a data-parall
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import random
@@ -19,14 +17,13 @@ import torch
 from skill1.algo.losses import ppo_clip_loss
 from skill1.config import LearnerConfig
 from skill1.learner.batching import MicroBatch, collate, split_by_token_budget
-from skill1.learner.engine import deepspeed_engine, free_port, join_learner_group, reference_engine
+from skill1.learner.engine import deepspeed_engine, join_learner_group, reference_engine
 from skill1.learner.forward import response_logprobs
 from skill1.learner.safe_load import load as safe_load
 from skill1.learner.safe_load import weights_only_deepspeed
+from skill1.learner.weight_source import WeightSource
 from skill1.models.tiny import load_policy
-from skill1.types import Stage, TrainSample, WeightsPacket
-from skill1.weights.wire import (CollectiveChannel, WeightsLayout, bucket_bounds, cuda_ipc_handle, gpu_key, host_packet,
-                                 layout_of)
+from skill1.types import Stage, TrainSample
 
 
 def logprob_gap(samples: list[TrainSample], version: int) -> dict[str, float]:
@@ -42,6 +39,14 @@ def logprob_gap(samples: list[TrainSample], version: int) -> dict[str, float]:
             "learner/fresh_samples": float(len(fresh))}
 
 
+def _peak_memory() -> dict[str, float]:
+    if torch.cuda.is_available():
+        return {"learner/peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
+    import resource
+
+    return {"learner/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
 class NonFiniteUpdates(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient (`learner.max_nonfinite_skips`)."""
 
@@ -52,7 +57,7 @@ def _grad_norm(model: torch.nn.Module) -> float:
     return float(torch.stack(grads).norm()) if grads else 0.0
 
 
-class Learner:
+class Learner(WeightSource):
     """One learner rank. With `world > 1` the ranks are data parallel: each gets a shard of every batch and
     DeepSpeed averages their gradients (the loss is normalised by the token count of all ranks, so 1 and N
     ranks give the same gradient); rank 0's weights are the ones synced to samplers and saved. A step whose
@@ -111,33 +116,10 @@ class Learner:
             order = samples[:]
             self.rng.shuffle(order)
             for mini in self._mini_batches(order):
-                micro = [collate(g, pad) for g in split_by_token_budget(mini, self.cfg.micro_batch_tokens)]
-                num_tokens = sum(mb.num_tokens for mb in micro)
-                # a token mean over the mini-batch of all ranks together: DeepSpeed averages the ranks'
-                # gradients (divides by world), so each rank divides its token sum by global tokens / world;
-                # a per-rank token mean would weigh a token of a rank with few tokens more
-                denom = max(self._all_ranks_sum(num_tokens), 1) / self.world
-                # every rank runs the same number of forward/backward passes: ZeRO-3 gathers parameters in each
-                # forward and ZeRO reduces gradients in each backward, collectives that hang when one rank runs
-                # more of them; a rank with fewer micro-batches pads with zero-loss passes
-                n_micro = max(self._all_ranks_max(len(micro)), 1) if self.world > 1 else len(micro)
-                step_totals, finite = {}, True
-                for j in range(n_micro):
-                    mb = micro[j] if j < len(micro) else None
-                    stats = self._micro_step(mb, denom, boundary=j == n_micro - 1)
-                    finite = finite and stats is not None
-                    for k, v in (stats or {}).items():
-                        step_totals[k] = step_totals.get(k, 0.0) + v * mb.num_tokens
-                grad_norm = self._optimizer_step(finite)
+                step_totals, num_tokens, grad_norm = self._train_mini_batch(mini, pad)
                 if grad_norm is None:  # skipped: nothing of this mini-batch reached the weights or the metrics
                     skipped += 1
-                    self.nonfinite_in_a_row += 1
-                    if self.nonfinite_in_a_row >= self.cfg.max_nonfinite_skips:
-                        raise NonFiniteUpdates(
-                            f"learner: {self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
-                            f"gradient (learner.max_nonfinite_skips={self.cfg.max_nonfinite_skips}); the weights are "
-                            f"those of the last finite step (policy version {self.version}). Lower learner.lr or "
-                            f"check the rewards and log-probs of the batch")
+                    self._count_nonfinite()
                     continue
                 self.nonfinite_in_a_row = 0
                 for k, v in step_totals.items():
@@ -153,14 +135,39 @@ class Learner:
                         "learner/ranks": float(self.world),
                         "learner/proximal_s": prox_s, "learner/version": float(self.version),
                         "learner/sample_staleness_mean": sum(staleness) / len(staleness),
-                        "learner/is_weight_max": self._is_max, **gap})
-        if torch.cuda.is_available():
-            metrics["learner/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        else:
-            import resource
-
-            metrics["learner/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                        "learner/is_weight_max": self._is_max, **gap, **_peak_memory()})
         return metrics
+
+    def _train_mini_batch(self, mini: list[TrainSample], pad: int) -> tuple[dict[str, float], int, float | None]:
+        """One optimizer step: (token-weighted sums of the loss terms, tokens, grad norm; None when a non-finite
+        loss or gradient skipped the step)."""
+        micro = [collate(g, pad) for g in split_by_token_budget(mini, self.cfg.micro_batch_tokens)]
+        num_tokens = sum(mb.num_tokens for mb in micro)
+        # a token mean over the mini-batch of all ranks together: DeepSpeed averages the ranks'
+        # gradients (divides by world), so each rank divides its token sum by global tokens / world;
+        # a per-rank token mean would weigh a token of a rank with few tokens more
+        denom = max(self._all_ranks_sum(num_tokens), 1) / self.world
+        # every rank runs the same number of forward/backward passes: ZeRO-3 gathers parameters in each
+        # forward and ZeRO reduces gradients in each backward, collectives that hang when one rank runs
+        # more of them; a rank with fewer micro-batches pads with zero-loss passes
+        n_micro = max(self._all_ranks_max(len(micro)), 1) if self.world > 1 else len(micro)
+        step_totals, finite = {}, True
+        for j in range(n_micro):
+            mb = micro[j] if j < len(micro) else None
+            stats = self._micro_step(mb, denom, boundary=j == n_micro - 1)
+            finite = finite and stats is not None
+            for k, v in (stats or {}).items():
+                step_totals[k] = step_totals.get(k, 0.0) + v * mb.num_tokens
+        return step_totals, num_tokens, self._optimizer_step(finite)
+
+    def _count_nonfinite(self) -> None:
+        self.nonfinite_in_a_row += 1
+        if self.nonfinite_in_a_row >= self.cfg.max_nonfinite_skips:
+            raise NonFiniteUpdates(
+                f"learner: {self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
+                f"gradient (learner.max_nonfinite_skips={self.cfg.max_nonfinite_skips}); the weights are "
+                f"those of the last finite step (policy version {self.version}). Lower learner.lr or "
+                f"check the rewards and log-probs of the batch")
 
     @torch.no_grad()
     def _with_proximal(self, samples: list[TrainSample]) -> list[TrainSample]:
@@ -291,88 +298,6 @@ class Learner:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm if applied else None
-
-    def _gathered(self, params: list | None = None):
-        """ZeRO-3 shards parameters across ranks: gather them (all, or `params`) to read whole weights; a
-        collective, so every rank enters it."""
-        if self.engine is not None and self.cfg.zero_stage == 3:
-            import deepspeed
-
-            return deepspeed.zero.GatheredParameters(list(self.model.parameters()) if params is None else params)
-        return contextlib.nullcontext()
-
-    def _weight_buckets(self, every_rank: bool = False):
-        """Rank 0's weights bucket by bucket (`bucket_bounds` of `learner.weight_sync_bucket_mb`), as
-        `(start, end, chunk)` with chunk None on the other ranks (unless `every_rank`). Under ZeRO-3 every rank
-        must run it to the end: each bucket is its own gather, so at most one bucket is ever whole on a rank
-        besides its shard."""
-        params = [p for _, p in self.model.named_parameters()]
-        bounds = bucket_bounds(self.weights_layout(), int(self.cfg.weight_sync_bucket_mb * 2**20))
-        for first, stop, start, end in bounds:
-            with self._gathered(params[first:stop]):
-                mine = self.rank == 0 or every_rank
-                chunk = torch.cat([p.detach().reshape(-1) for p in params[first:stop]]) if mine else None
-                yield start, end, chunk
-
-    def _flat_copy(self, device: str | torch.device) -> torch.Tensor | None:
-        """All weights back to back in one new buffer on `device` (rank 0; None on the others)."""
-        layout = self.weights_layout()
-        flat = torch.empty(layout.numel, dtype=getattr(torch, layout.dtype), device=device) if self.rank == 0 else None
-        for start, end, chunk in self._weight_buckets():
-            if flat is not None:
-                flat[start:end].copy_(chunk)
-        return flat
-
-    def get_weights(self) -> WeightsPacket | None:
-        """The weights as one host packet (object-store transport); None on ranks other than 0."""
-        flat = self._flat_copy("cpu")
-        return host_packet(self.version, self.weights_layout(), flat) if flat is not None else None
-
-    # weight-sync transports other than the object store (see skill1.weights.wire)
-    def weights_layout(self) -> WeightsLayout:
-        return layout_of(self.model)
-
-    def node_address(self) -> tuple[str, int]:
-        import ray
-
-        return ray.util.get_node_ip_address(), free_port()
-
-    def open_channel(self, host: str, port: int, world: int, backend: str, bucket_bytes: int) -> None:
-        """Rank 0 joins the weights group; the other ranks only take part in the gathers (ZeRO-3)."""
-        if self.rank == 0:
-            self.channel = CollectiveChannel(host, port, 0, world, backend, bucket_bytes)
-
-    def broadcast_weights(self) -> dict:
-        """Rank 0 broadcasts bucket by bucket, as the samplers' `CollectiveChannel.receive` expects; every rank
-        calls it under ZeRO-3 (the gathers are collectives)."""
-        buckets = 0
-        for _, _, chunk in self._weight_buckets():
-            if chunk is not None:
-                self.channel.broadcast(chunk)
-                buckets += 1
-        return {"version": self.version, "buckets": buckets}
-
-    def weights_digest(self, every_rank: bool = False) -> str | None:
-        """sha256 of the flat weights, as `digest` hashes a whole buffer (rank 0; None on the others unless
-        `every_rank`, which lets a check see that the ranks stay in step)."""
-        h = hashlib.sha256()
-        for _, _, chunk in self._weight_buckets(every_rank):
-            if chunk is not None:
-                h.update(chunk.cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest() if self.rank == 0 or every_rank else None
-
-    def cuda_ipc_weights(self):
-        """A CUDA IPC handle to this rank's flat weights buffer on its own GPU (kept alive, and reused, until the
-        next sync): colocated samplers map the buffer of the rank that shares their GPU (`gpu_key`)."""
-        layout = self.weights_layout()
-        if getattr(self, "_ipc_flat", None) is None:
-            self._ipc_flat = torch.empty(layout.numel, dtype=getattr(torch, layout.dtype), device=self.device)
-        for start, end, chunk in self._weight_buckets(every_rank=True):
-            self._ipc_flat[start:end].copy_(chunk)
-        return cuda_ipc_handle(self._ipc_flat)
-
-    def gpu_key(self) -> str:
-        return gpu_key()
 
     def save_state(self, out_dir: str) -> None:
         """Everything to continue training: weights, optimizer (DeepSpeed checkpoint, every rank writes its
