@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from skill1.config_sections import (ENV_NAMES, EVAL_SPLITS, PRESETS, AlgorithmConfig, ConfigError, EnvConfig,
                                     LearnerConfig, LibraryConfig, LoggingConfig, ModelConfig, PlacementConfig,
-                                    RolloutConfig, _check)
+                                    RolloutConfig, check)
 from skill1.run_dir import OwnershipError, check_name
 
 __all__ = ["ENV_NAMES", "EVAL_SPLITS", "PRESETS", "AlgorithmConfig", "ConfigError", "EnvConfig", "LearnerConfig",
@@ -56,9 +56,9 @@ class Skill1Config:
             check_name(self.name)
         except OwnershipError as e:
             raise ConfigError(str(e)) from None
-        _check(self.save_every >= 0, "save_every", "must be >= 0")
-        _check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
-        _check(self.eval_every >= 0, "eval_every", "must be >= 0 (0: never during training)")
+        check(self.save_every >= 0, "save_every", "must be >= 0")
+        check(self.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
+        check(self.eval_every >= 0, "eval_every", "must be >= 0 (0: never during training)")
         check_numbers(self)  # first: a NaN must not slip through a section's `x > 0`-style check
         for section in (self.model, self.env, self.rollout, self.library, self.algorithm,
                         self.learner, self.placement, self.logging):
@@ -145,10 +145,10 @@ def check_numbers(cfg: "Skill1Config") -> None:
             value = getattr(value, part)
         if value is None:  # Optional keys: None has its own meaning (e.g. initial_utility: the library mean)
             continue
-        _check(math.isfinite(value), key, f"must be a finite number, got {value}")
+        check(math.isfinite(value), key, f"must be a finite number, got {value}")
         lo, lo_open, hi, hi_open = _interval(BOUNDS[key])
-        _check(value > lo if lo_open else value >= lo, key, f"must be {'>' if lo_open else '>='} {lo:g}, got {value}")
-        _check(value < hi if hi_open else value <= hi, key, f"must be {'<' if hi_open else '<='} {hi:g}, got {value}")
+        check(value > lo if lo_open else value >= lo, key, f"must be {'>' if lo_open else '>='} {lo:g}, got {value}")
+        check(value < hi if hi_open else value <= hi, key, f"must be {'<' if hi_open else '<='} {hi:g}, got {value}")
 
 
 def _normalise_override(arg: str) -> str:

@@ -23,13 +23,13 @@ class ConfigError(ValueError):
     """A bad config key or value; the message is one line that names the key."""
 
 
-def _check(ok: bool, key: str, msg: str) -> None:
+def check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {msg}")
 
 
-def _one_of(value: Any, key: str, choices: tuple) -> None:
-    _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+def check_one_of(value: Any, key: str, choices: tuple) -> None:
+    check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass
@@ -55,20 +55,20 @@ class ModelConfig:
     warm_start_dagger_tasks: int = 400
 
     def validate(self) -> None:
-        _one_of(self.dtype, "model.dtype", ("float32", "bfloat16"))
-        _one_of(self.tokenizer, "model.tokenizer", ("env_bpe", "qwen2.5"))
-        _check(300 <= self.vocab_size <= 65536, "model.vocab_size", f"must be in [300, 65536], got {self.vocab_size}")
-        _one_of(self.head_dim, "model.head_dim", (32, 64, 128))
-        _check(self.hidden_size >= 64 and self.hidden_size % 64 == 0 and self.hidden_size % self.head_dim == 0,
+        check_one_of(self.dtype, "model.dtype", ("float32", "bfloat16"))
+        check_one_of(self.tokenizer, "model.tokenizer", ("env_bpe", "qwen2.5"))
+        check(300 <= self.vocab_size <= 65536, "model.vocab_size", f"must be in [300, 65536], got {self.vocab_size}")
+        check_one_of(self.head_dim, "model.head_dim", (32, 64, 128))
+        check(self.hidden_size >= 64 and self.hidden_size % 64 == 0 and self.hidden_size % self.head_dim == 0,
                "model.hidden_size", f"must be a multiple of 64 and of model.head_dim ({self.head_dim}), "
                f"got {self.hidden_size}")
-        _check(1 <= self.num_layers <= 48, "model.num_layers", f"must be in [1, 48], got {self.num_layers}")
-        _check(self.warm_start_steps >= 0, "model.warm_start_steps", "must be >= 0")
-        _check(0 < self.warm_start_lr < 1, "model.warm_start_lr", f"must be in (0, 1), got {self.warm_start_lr}")
-        _check(self.warm_start_batch >= 1, "model.warm_start_batch", "must be >= 1")
-        _check(self.warm_start_tasks >= 1, "model.warm_start_tasks", "must be >= 1")
-        _check(self.warm_start_dagger_steps >= 0, "model.warm_start_dagger_steps", "must be >= 0")
-        _check(self.warm_start_dagger_tasks >= 1, "model.warm_start_dagger_tasks", "must be >= 1")
+        check(1 <= self.num_layers <= 48, "model.num_layers", f"must be in [1, 48], got {self.num_layers}")
+        check(self.warm_start_steps >= 0, "model.warm_start_steps", "must be >= 0")
+        check(0 < self.warm_start_lr < 1, "model.warm_start_lr", f"must be in (0, 1), got {self.warm_start_lr}")
+        check(self.warm_start_batch >= 1, "model.warm_start_batch", "must be >= 1")
+        check(self.warm_start_tasks >= 1, "model.warm_start_tasks", "must be >= 1")
+        check(self.warm_start_dagger_steps >= 0, "model.warm_start_dagger_steps", "must be >= 0")
+        check(self.warm_start_dagger_tasks >= 1, "model.warm_start_dagger_tasks", "must be >= 1")
 
 
 @dataclass
@@ -93,23 +93,23 @@ class EnvConfig:
     eval_seed: int = 0  # which held-out tasks: fixed apart from algorithm.seed, so runs of any seed compare
 
     def validate(self) -> None:
-        _one_of(self.name, "env.name", ENV_NAMES)
-        _check(self.max_steps >= 1, "env.max_steps", "must be >= 1")
-        _check(self.invalid_action_penalty >= 0, "env.invalid_action_penalty", "must be >= 0")
-        _check(self.history_length >= 0, "env.history_length", "must be >= 0")
-        _check(self.num_pools >= 1, "env.num_pools", "must be >= 1")
-        _check(self.num_cpus_per_pool >= 0, "env.num_cpus_per_pool", "must be >= 0")
-        _check(self.memory_per_pool_mb >= 0, "env.memory_per_pool_mb", "must be >= 0")
-        _one_of(self.pool_scheduling, "env.pool_scheduling", ("SPREAD", "DEFAULT"))
+        check_one_of(self.name, "env.name", ENV_NAMES)
+        check(self.max_steps >= 1, "env.max_steps", "must be >= 1")
+        check(self.invalid_action_penalty >= 0, "env.invalid_action_penalty", "must be >= 0")
+        check(self.history_length >= 0, "env.history_length", "must be >= 0")
+        check(self.num_pools >= 1, "env.num_pools", "must be >= 1")
+        check(self.num_cpus_per_pool >= 0, "env.num_cpus_per_pool", "must be >= 0")
+        check(self.memory_per_pool_mb >= 0, "env.memory_per_pool_mb", "must be >= 0")
+        check_one_of(self.pool_scheduling, "env.pool_scheduling", ("SPREAD", "DEFAULT"))
         for key, amount in self.pool_resources.items():
-            _check(isinstance(amount, (int, float)) and math.isfinite(amount) and amount > 0,
+            check(isinstance(amount, (int, float)) and math.isfinite(amount) and amount > 0,
                    f"env.pool_resources.{key}", f"must be a finite number > 0, got {amount}")
-        _check(self.step_timeout_s > 0, "env.step_timeout_s", "must be > 0")
-        _check(self.max_env_retries >= 0, "env.max_env_retries", "must be >= 0")
-        _check(self.max_pool_restarts >= -1, "env.max_pool_restarts", "must be >= 0 (or -1: unlimited)")
+        check(self.step_timeout_s > 0, "env.step_timeout_s", "must be > 0")
+        check(self.max_env_retries >= 0, "env.max_env_retries", "must be >= 0")
+        check(self.max_pool_restarts >= -1, "env.max_pool_restarts", "must be >= 0 (or -1: unlimited)")
         if self.eval_split is not None:
-            _one_of(self.eval_split, "env.eval_split", EVAL_SPLITS[self.name])
-        _check(self.eval_tasks >= 1, "env.eval_tasks", "must be >= 1")
+            check_one_of(self.eval_split, "env.eval_split", EVAL_SPLITS[self.name])
+        check(self.eval_tasks >= 1, "env.eval_tasks", "must be >= 1")
 
     def resolved_eval_split(self) -> str:
         return self.eval_split or EVAL_SPLITS[self.name][0]
@@ -169,37 +169,37 @@ class RolloutConfig:
                 "enable_sleep_mode": self.sleep_while_training}
 
     def validate(self) -> None:
-        _one_of(self.backend, "rollout.backend", ("hf", "vllm", "scripted"))
-        _one_of(self.mode, "rollout.mode", ("async", "sync"))
+        check_one_of(self.backend, "rollout.backend", ("hf", "vllm", "scripted"))
+        check_one_of(self.mode, "rollout.mode", ("async", "sync"))
         if self.sampler_python is not None:  # Ray runs it through a shell: a path, never a command line
             py = self.sampler_python
-            _check(py.strip() == py and not any(c in py for c in " \t\n;|&$`<>(){}*?!'\"\\"),
+            check(py.strip() == py and not any(c in py for c in " \t\n;|&$`<>(){}*?!'\"\\"),
                    "rollout.sampler_python", f"must be the path of a Python interpreter, got {py!r}")
-            _check(os.path.isfile(py) and os.access(py, os.X_OK), "rollout.sampler_python",
+            check(os.path.isfile(py) and os.access(py, os.X_OK), "rollout.sampler_python",
                    f"{py} is not an executable file")
-        _check(isinstance(self.max_staleness, int) and self.max_staleness >= 0, "rollout.max_staleness",
+        check(isinstance(self.max_staleness, int) and self.max_staleness >= 0, "rollout.max_staleness",
                "must be an integer >= 0")
-        _check(isinstance(self.max_library_staleness, int) and self.max_library_staleness >= 0,
+        check(isinstance(self.max_library_staleness, int) and self.max_library_staleness >= 0,
                "rollout.max_library_staleness", "must be an integer >= 0")
-        _check(self.num_samplers >= 1, "rollout.num_samplers", "must be >= 1")
-        _check(self.scripted_latency_s >= 0, "rollout.scripted_latency_s", "must be >= 0")
-        _check(self.max_sampler_restarts >= -1, "rollout.max_sampler_restarts", "must be >= 0 (or -1: unlimited)")
-        _check(self.temperature > 0, "rollout.temperature", "must be > 0 for training")
-        _check(self.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0 = greedy)")
+        check(self.num_samplers >= 1, "rollout.num_samplers", "must be >= 1")
+        check(self.scripted_latency_s >= 0, "rollout.scripted_latency_s", "must be >= 0")
+        check(self.max_sampler_restarts >= -1, "rollout.max_sampler_restarts", "must be >= 0 (or -1: unlimited)")
+        check(self.temperature > 0, "rollout.temperature", "must be > 0 for training")
+        check(self.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0 = greedy)")
         # the sampler records log-probs after top-p (the distribution it drew from) but the learner recomputes
         # them under temperature alone: with top_p < 1 every PPO ratio would be off by the nucleus' normaliser
-        _check(self.top_p == 1, "rollout.top_p", f"must be 1 for training (got {self.top_p}): the learner "
+        check(self.top_p == 1, "rollout.top_p", f"must be 1 for training (got {self.top_p}): the learner "
                "recomputes log-probs under temperature only, so a nucleus would bias every PPO ratio")
         # vLLM applies a grammar's mask before its sampler, so its log-probs would be the masked policy's, which
         # the learner does not recompute: its ratios would be off by the mask's normaliser at every step
-        _check(not (self.constrain_actions and self.backend == "vllm"), "rollout.constrain_actions",
+        check(not (self.constrain_actions and self.backend == "vllm"), "rollout.constrain_actions",
                "is implemented for rollout.backend=hf (vLLM reports the masked policy's log-probs)")
-        _check(not self.sleep_while_training or (self.backend == "vllm" and self.mode == "sync"),
+        check(not self.sleep_while_training or (self.backend == "vllm" and self.mode == "sync"),
                "rollout.sleep_while_training", "needs rollout.backend=vllm and rollout.mode=sync (an asynchronous "
                "sampler generates while the learner trains)")
         for stage in ("query", "rerank", "act", "distill"):
             key = f"max_new_tokens_{stage}"
-            _check(getattr(self, key) >= 1, f"rollout.{key}", "must be >= 1")
+            check(getattr(self, key) >= 1, f"rollout.{key}", "must be >= 1")
 
 
 @dataclass
@@ -218,15 +218,15 @@ class LibraryConfig:
     compact_every: int = 10  # compact the library (optimize, drop untagged old versions) every N iterations; 0 = never
 
     def validate(self) -> None:
-        _check(self.top_k >= 1, "library.top_k", "must be >= 1")
-        _check(self.top_m >= self.top_k, "library.top_m", "must be >= library.top_k")
-        _check(0 < self.alpha <= 1, "library.alpha", f"must be in (0, 1], got {self.alpha}")
-        _check(self.exploration >= 0, "library.exploration", "must be >= 0")
-        _one_of(self.u_hat_aggregation, "library.u_hat_aggregation", ("max", "mean"))
-        _check(-1 <= self.merge_threshold <= 1, "library.merge_threshold", "must be a cosine in [-1, 1]")
-        _check(self.capacity >= 1, "library.capacity", "must be >= 1")
-        _check(self.max_skill_chars >= 16, "library.max_skill_chars", "must be >= 16")
-        _check(self.compact_every >= 0, "library.compact_every", f"must be >= 0 (0 = never), got {self.compact_every}")
+        check(self.top_k >= 1, "library.top_k", "must be >= 1")
+        check(self.top_m >= self.top_k, "library.top_m", "must be >= library.top_k")
+        check(0 < self.alpha <= 1, "library.alpha", f"must be in (0, 1], got {self.alpha}")
+        check(self.exploration >= 0, "library.exploration", "must be >= 0")
+        check_one_of(self.u_hat_aggregation, "library.u_hat_aggregation", ("max", "mean"))
+        check(-1 <= self.merge_threshold <= 1, "library.merge_threshold", "must be a cosine in [-1, 1]")
+        check(self.capacity >= 1, "library.capacity", "must be >= 1")
+        check(self.max_skill_chars >= 16, "library.max_skill_chars", "must be >= 16")
+        check(self.compact_every >= 0, "library.compact_every", f"must be >= 0 (0 = never), got {self.compact_every}")
 
 
 @dataclass
@@ -251,14 +251,14 @@ class AlgorithmConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        _one_of(self.preset, "algorithm.preset", PRESETS)
-        _check(self.iterations >= 1, "algorithm.iterations", "must be >= 1")
-        _check(self.tasks_per_iteration >= 1, "algorithm.tasks_per_iteration", "must be >= 1")
-        _check(self.group_size >= 1, "algorithm.group_size", "must be >= 1")
-        _one_of(self.singleton_group_advantage, "algorithm.singleton_group_advantage", ("zero", "reward"))
-        _one_of(self.selection_credit_type, "algorithm.selection_credit_type",
+        check_one_of(self.preset, "algorithm.preset", PRESETS)
+        check(self.iterations >= 1, "algorithm.iterations", "must be >= 1")
+        check(self.tasks_per_iteration >= 1, "algorithm.tasks_per_iteration", "must be >= 1")
+        check(self.group_size >= 1, "algorithm.group_size", "must be >= 1")
+        check_one_of(self.singleton_group_advantage, "algorithm.singleton_group_advantage", ("zero", "reward"))
+        check_one_of(self.selection_credit_type, "algorithm.selection_credit_type",
                 ("chosen_minus_mean", "chosen_minus_max"))
-        _check(self.intrinsic_coefficient >= 0, "algorithm.intrinsic_coefficient", "must be >= 0")
+        check(self.intrinsic_coefficient >= 0, "algorithm.intrinsic_coefficient", "must be >= 0")
 
     def effective(self) -> "AlgorithmConfig":
         """The switches after the preset: a preset turns parts off, never on."""
@@ -319,23 +319,23 @@ class LearnerConfig:
     zero_bucket_elements: float = 5.0e7
 
     def validate(self) -> None:
-        _one_of(self.backend, "learner.backend", ("deepspeed", "torch"))
-        _one_of(self.weight_sync, "learner.weight_sync", ("object_store", "collective", "cuda_ipc"))
-        _check(self.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
-        _check(self.num_ranks == 1 or self.backend == "deepspeed", "learner.num_ranks",
+        check_one_of(self.backend, "learner.backend", ("deepspeed", "torch"))
+        check_one_of(self.weight_sync, "learner.weight_sync", ("object_store", "collective", "cuda_ipc"))
+        check(self.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
+        check(self.num_ranks == 1 or self.backend == "deepspeed", "learner.num_ranks",
                "several ranks need learner.backend=deepspeed")
-        _check(self.weight_sync != "cuda_ipc" or self.num_gpus > 0, "learner.weight_sync",
+        check(self.weight_sync != "cuda_ipc" or self.num_gpus > 0, "learner.weight_sync",
                "cuda_ipc needs the learner on a GPU (learner.num_gpus > 0)")
-        _check(self.weight_sync_bucket_mb > 0, "learner.weight_sync_bucket_mb", "must be > 0")
-        _one_of(self.zero_stage, "learner.zero_stage", (0, 1, 2, 3))
-        _check(self.lr > 0, "learner.lr", f"must be > 0, got {self.lr}")
-        _check(0 < self.clip_eps < 1, "learner.clip_eps", "must be in (0, 1)")
-        _check(self.kl_coef >= 0, "learner.kl_coef", "must be >= 0")
-        _check(self.is_cap >= 1, "learner.is_cap", "must be >= 1")
-        _check(self.ppo_epochs >= 1, "learner.ppo_epochs", "must be >= 1")
-        _check(self.mini_batches >= 1, "learner.mini_batches", "must be >= 1")
-        _check(self.micro_batch_tokens >= 64, "learner.micro_batch_tokens", "must be >= 64")
-        _check(not self.shard_reference or (self.backend == "deepspeed" and self.zero_stage == 3),
+        check(self.weight_sync_bucket_mb > 0, "learner.weight_sync_bucket_mb", "must be > 0")
+        check_one_of(self.zero_stage, "learner.zero_stage", (0, 1, 2, 3))
+        check(self.lr > 0, "learner.lr", f"must be > 0, got {self.lr}")
+        check(0 < self.clip_eps < 1, "learner.clip_eps", "must be in (0, 1)")
+        check(self.kl_coef >= 0, "learner.kl_coef", "must be >= 0")
+        check(self.is_cap >= 1, "learner.is_cap", "must be >= 1")
+        check(self.ppo_epochs >= 1, "learner.ppo_epochs", "must be >= 1")
+        check(self.mini_batches >= 1, "learner.mini_batches", "must be >= 1")
+        check(self.micro_batch_tokens >= 64, "learner.micro_batch_tokens", "must be >= 64")
+        check(not self.shard_reference or (self.backend == "deepspeed" and self.zero_stage == 3),
                "learner.shard_reference", "needs learner.backend=deepspeed and learner.zero_stage=3")
 
 
@@ -352,10 +352,10 @@ class PlacementConfig:
     gpu_memory_gb: Optional[float] = None
 
     def validate(self) -> None:
-        _one_of(self.mode, "placement.mode", ("none", "split", "colocate"))
-        _one_of(self.strategy, "placement.strategy", ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-        _check(self.timeout_s > 0, "placement.timeout_s", "must be > 0")
-        _check(self.gpu_memory_gb is None or self.gpu_memory_gb > 0, "placement.gpu_memory_gb", "must be > 0")
+        check_one_of(self.mode, "placement.mode", ("none", "split", "colocate"))
+        check_one_of(self.strategy, "placement.strategy", ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        check(self.timeout_s > 0, "placement.timeout_s", "must be > 0")
+        check(self.gpu_memory_gb is None or self.gpu_memory_gb > 0, "placement.gpu_memory_gb", "must be > 0")
 
 
 @dataclass
@@ -368,5 +368,5 @@ class LoggingConfig:
     sample_skills: int = 8  # rows of the wandb table of skills logged each iteration (0: none)
 
     def validate(self) -> None:
-        _one_of(self.wandb_mode, "logging.wandb_mode", ("offline", "online", "disabled"))
-        _check(self.sample_skills >= 0, "logging.sample_skills", "must be >= 0")
+        check_one_of(self.wandb_mode, "logging.wandb_mode", ("offline", "online", "disabled"))
+        check(self.sample_skills >= 0, "logging.sample_skills", "must be >= 0")

@@ -50,7 +50,7 @@ class AsyncSchedule:
         start = ctx.start_iteration
         # the groups trained before a resume were submitted and accepted: capacity counts them
         self.ctl = AdmissionController(self.eta, self.B, submitted=start * self.B, accepted=start * self.B)
-        self.version = self.learner_version = start  # on every sampler / finished by the learner
+        self.sampler_version = self.learner_version = start  # the policy on every sampler / the learner's newest
         self.next_seq, self.formed, self.logged = 0, start, start
         self.buffer: list[RolloutGroup] = []
         self.running: set[int] = set()  # group numbers submitted and not back yet
@@ -59,10 +59,10 @@ class AsyncSchedule:
         if ctx.resumed is not None:
             self.next_seq, self.replay = ctx.resumed.state.next_seq, list(ctx.resumed.state.running_seqs)
             for g in ctx.resumed.buffer:  # finished before the checkpoint, not trained: not lost, not re-run
-                self.ctl.on_submit(self.version)
+                self.ctl.on_submit(self.sampler_version)
                 if self.ctl.on_finish(self.learner_version, g.behaviour_version):
                     self.buffer.append(g)
-        self.pinned = ctx.pinned_library()
+        self.library_version = ctx.pinned_library()
         self.poll_ref = None
         self.update_refs: list = []  # one per learner rank, rank 0 first
         self.push: WeightPush | None = None  # a weight sync in flight
@@ -107,7 +107,7 @@ class AsyncSchedule:
     def _admit(self) -> None:
         """As many groups as capacity and library freshness allow, all pinned to the newest library tag."""
         ctl, requests, needed = self.ctl, [], self.iterations * self.B  # never admit more than the run trains
-        while not self.ctx.stop and ctl.can_submit(self.version) and ctl.accepted + ctl.running < needed:
+        while not self.ctx.stop and ctl.can_submit(self.sampler_version) and ctl.accepted + ctl.running < needed:
             if not library_fresh(len(self.buffer) + len(self.running), self.B, self.cfg.rollout.max_library_staleness):
                 break
             if self.replay:
@@ -115,12 +115,12 @@ class AsyncSchedule:
             else:
                 seq, self.next_seq = self.next_seq, self.next_seq + 1
             self.read_tag[seq] = self.formed
-            requests.append(self.ctx.rollout_request([seq], self.pinned, self.version, tag=str(seq)))
-            ctl.on_submit(self.version)
+            requests.append(self.ctx.rollout_request([seq], self.library_version, self.sampler_version, tag=str(seq)))
+            ctl.on_submit(self.sampler_version)
             self.running.add(seq)
         if requests:
             self.fleet.worker.submit.remote(requests)
-        self.headroom_min = min(self.headroom_min, ctl.capacity(self.version) - ctl.accepted - ctl.running)
+        self.headroom_min = min(self.headroom_min, ctl.capacity(self.sampler_version) - ctl.accepted - ctl.running)
 
     def _form_batch(self) -> None:
         """The B oldest groups still within eta of the weights that will train them; the library write
@@ -139,7 +139,7 @@ class AsyncSchedule:
         self.library_s = time.perf_counter() - t0
         batch_metrics.update(staleness_metrics(groups, self.learner_version, self.eta, batch.iteration))
         self.training, self.batch_metrics = batch, batch_metrics
-        self.pinned = self.ctx.pinned_library()
+        self.library_version = self.ctx.pinned_library()
 
     def _wait(self) -> set:
         if self.poll_ref is None:
@@ -173,16 +173,16 @@ class AsyncSchedule:
         self.push_held = True
 
     def _on_synced(self, bar) -> None:
-        self.version, self.push = finish_push(self.push), None
+        self.sampler_version, self.push = finish_push(self.push), None
         end, batch, m, ctl = time.perf_counter(), self.training, self.batch_metrics, self.ctl
         m.update({**fault_metrics(batch.all_episodes, _stats_delta(self.stats, self.last_stats)),
                   **busy_fractions(self.last_busy, self.busy, end - self.last_end),
                   **timing_metrics(batch, end - self.last_end, m.get("learner/update_s", 0.0), end - self.t_push,
                                    self.library_s),
-                  "policy/version": float(self.version),
+                  "policy/version": float(self.sampler_version),
                   "async/submitted": float(ctl.submitted), "async/accepted": float(ctl.accepted),
                   "async/dropped": float(ctl.dropped), "async/running": float(ctl.running),
-                  "async/capacity": float(ctl.capacity(self.version)), "async/buffered": float(len(self.buffer)),
+                  "async/capacity": float(ctl.capacity(self.sampler_version)), "async/buffered": float(len(self.buffer)),
                   "async/capacity_headroom_min": float(self.headroom_min),
                   **{f"async/{k}": float(v) for k, v in self.counters.items()}})
         self.last_end, self.last_stats, self.last_busy, self.metrics = end, self.stats, self.busy, m
@@ -191,7 +191,7 @@ class AsyncSchedule:
         self.ctx.finish_iteration(batch, m, bar, self.next_seq, self.running.union(self.replay), self.buffer)
         if self.ctx.eval_due(self.logged):
             self.evaluating = self.logged
-            self.fleet.worker.submit.remote([dataclasses.replace(self.ctx.eval_request(self.version), tag=EVAL_TAG)])
+            self.fleet.worker.submit.remote([dataclasses.replace(self.ctx.eval_request(self.sampler_version), tag=EVAL_TAG)])
 
 
 def run_async(ctx: TrainContext, bar) -> dict:

@@ -31,7 +31,7 @@ class SyncSchedule:
     """One iteration per `step`, each the steps one after another."""
 
     def __init__(self, ctx: TrainContext):
-        self.ctx, self.version, self.busy, self.last_end = ctx, ctx.start_iteration, {}, time.perf_counter()
+        self.ctx, self.policy_version, self.busy, self.last_end = ctx, ctx.start_iteration, {}, time.perf_counter()
         self.bar = None  # the progress bar `run` reports to
 
     def step(self, it: int) -> dict | None:
@@ -40,11 +40,11 @@ class SyncSchedule:
         ctx, cfg, fleet = self.ctx, self.ctx.cfg, self.ctx.fleet
         t0 = time.perf_counter()
         seqs = list(iteration_groups(cfg, it))
-        run = fleet.worker.run.remote(ctx.rollout_request(seqs, ctx.pinned_library(), self.version))
+        run = fleet.worker.run.remote(ctx.rollout_request(seqs, ctx.pinned_library(), self.policy_version))
         if ctx.stop or not _wait_or_stop(run, ctx.stop):
             ctx.stop_now(it - 1, seqs[0])
             return None
-        batch = Batch(it, seqs, ray.get(run), learner_version=self.version)
+        batch = Batch(it, seqs, ray.get(run), learner_version=self.policy_version)
         stats, busy = ray.get([fleet.worker.stats.remote(), fleet.worker.busy.remote()])
         t1 = time.perf_counter()
         fleet.sleep_samplers()  # colocated vLLM: its weights and KV cache leave the GPU the learner now uses
@@ -53,18 +53,18 @@ class SyncSchedule:
         fleet.wake_samplers()
         fleet.heal(stats.sampler_restarts > 0)
         t2 = time.perf_counter()
-        self.version = sync_weights(fleet, int(metrics["learner/version"]))
+        self.policy_version = sync_weights(fleet, int(metrics["learner/version"]))
         t3 = time.perf_counter()
         metrics.update(update_library(ctx.library, ctx.encoder, batch.episodes, it, cfg))
         end = time.perf_counter()
         metrics.update({**fault_metrics(batch.all_episodes, stats), **busy_fractions(self.busy, busy, end - t0),
                         **timing_metrics(batch, end - self.last_end, metrics.get("learner/update_s", t2 - t1),
                                          t3 - t2, end - t3),
-                        "policy/version": float(self.version), "time/rollout_s": t1 - t0})
+                        "policy/version": float(self.policy_version), "time/rollout_s": t1 - t0})
         self.busy, self.last_end = busy, end
         ctx.finish_iteration(batch, metrics, self.bar, next_seq=seqs[-1] + 1)
         if ctx.eval_due(it):
-            ctx.evaluate_now(it, self.version)
+            ctx.evaluate_now(it, self.policy_version)
         return metrics
 
     def run(self, bar) -> dict:
