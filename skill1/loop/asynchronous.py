@@ -75,14 +75,17 @@ class AsyncSchedule:
         self.headroom_min, self.restarts_seen = float("inf"), 0
         self.last_stats, self.last_busy, self.stats, self.busy = RolloutStats(), {}, RolloutStats(), {}
         self.last_end, self.t_push, self.metrics = time.perf_counter(), 0.0, {}
+        self.bar = None  # the progress bar `run` reports to
 
-    def run(self, bar) -> dict:
-        ctx = self.ctx
-        while self.logged < self.iterations:
+    def step(self) -> dict | None:
+        """Drive the events until one more iteration has finished (its metrics); None when a stop came first
+        (then checkpointed at the last finished iteration)."""
+        ctx, target = self.ctx, self.logged + 1
+        while self.logged < target:
             if ctx.stop and self._learner_idle():
                 # SIGTERM with the learner idle: a consistent point. What runs now is played again on resume.
                 ctx.stop_now(self.logged, self.next_seq, self.running.union(self.replay), self.buffer)
-                break
+                return None
             self._admit()
             if self._learner_idle() and not ctx.stop:
                 self._form_batch()
@@ -94,12 +97,23 @@ class AsyncSchedule:
             if self.push_held and self.evaluating is None:
                 self.push_held, self.push = False, push_weights(self.fleet, self.learner_version)
             if self.push is not None and all(ref in ready for ref in self.push.refs):
-                self._on_synced(bar)
-        else:
-            if ctx.stop:
-                ctx.stop_now(self.logged, self.next_seq, self.running.union(self.replay), self.buffer)
-        ray.get(self.fleet.worker.stop.remote())  # before anything else runs on the worker (a final evaluation)
+                self._on_synced()
         return self.metrics
+
+    def run(self, bar) -> dict:
+        self.bar = bar
+        while self.logged < self.iterations:
+            if self.step() is None:
+                break
+        else:
+            if self.ctx.stop:
+                self.ctx.stop_now(self.logged, self.next_seq, self.running.union(self.replay), self.buffer)
+        self.close()
+        return self.metrics
+
+    def close(self) -> None:
+        """Stop streaming: before anything else runs on the worker (a final evaluation)."""
+        ray.get(self.fleet.worker.stop.remote())
 
     def _learner_idle(self) -> bool:
         return not self.update_refs and self.push is None and not self.push_held
@@ -172,7 +186,7 @@ class AsyncSchedule:
         self.restarts_seen = self.stats.sampler_restarts
         self.push_held = True
 
-    def _on_synced(self, bar) -> None:
+    def _on_synced(self) -> None:
         self.sampler_version, self.push = finish_push(self.push), None
         end, batch, m, ctl = time.perf_counter(), self.training, self.batch_metrics, self.ctl
         m.update({**fault_metrics(batch.all_episodes, _stats_delta(self.stats, self.last_stats)),
@@ -188,7 +202,7 @@ class AsyncSchedule:
         self.last_end, self.last_stats, self.last_busy, self.metrics = end, self.stats, self.busy, m
         self.logged += 1
         self.training = None
-        self.ctx.finish_iteration(batch, m, bar, self.next_seq, self.running.union(self.replay), self.buffer)
+        self.ctx.finish_iteration(batch, m, self.bar, self.next_seq, self.running.union(self.replay), self.buffer)
         if self.ctx.eval_due(self.logged):
             self.evaluating = self.logged
             self.fleet.worker.submit.remote([dataclasses.replace(self.ctx.eval_request(self.sampler_version), tag=EVAL_TAG)])

@@ -75,7 +75,8 @@ class TrainContext:
         """Ledger, report, and a periodic checkpoint when due; call with the learner idle and the library
         tagged (a consistent point)."""
         self.record_trained(batch.iteration, batch.seqs, batch.episodes)
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
         self.report(batch.iteration, metrics, metrics["time/iteration_s"], bar)
         if self.due(batch.iteration):
             self.checkpoint(batch.iteration, next_seq, running, buffer)
@@ -93,8 +94,9 @@ class TrainContext:
 
     def report(self, it: int, metrics: dict, step_s: float, bar) -> None:
         self.logger.log(metrics, step=it, skills=self.library.all_skills() if self.logger.run is not None else None)
-        bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", success=f"{metrics['rollout/success']:.2f}",
-                        library=int(metrics["library/size"]), step_s=f"{step_s:.1f}")
+        if bar is not None:
+            bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", success=f"{metrics['rollout/success']:.2f}",
+                            library=int(metrics["library/size"]), step_s=f"{step_s:.1f}")
         tqdm.write(f"iter {it}: reward {metrics['rollout/reward']:.3f}  success {metrics['rollout/success']:.3f}  "
                    f"valid actions {metrics.get('act/valid_rate', 0):.2f}  library {int(metrics['library/size'])}  "
                    f"step {step_s:.1f}s")
