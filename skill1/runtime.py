@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,9 +164,22 @@ class Fleet:
         ray.get(others)
         return ray.get(learner), samplers
 
-    def shutdown(self) -> None:
-        for actor in [*self.pools, *self.samplers, self.worker, *self.learners]:
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Kill every actor and wait until Ray has them dead (their names free: a fleet of the same run name,
+        e.g. a second evaluation, may start right after), then release the placement group."""
+        actors = [*self.pools, *self.samplers, self.worker, *self.learners]
+        for actor in actors:
             ray.kill(actor)
+        deadline = time.monotonic() + timeout_s
+        for actor in actors:
+            while time.monotonic() < deadline:
+                try:
+                    ray.get(actor.__ray_ready__.remote(), timeout=1.0)
+                except ray.exceptions.RayActorError:
+                    break  # dead
+                except ray.exceptions.GetTimeoutError:
+                    continue
+                time.sleep(0.05)
         if self.placement_group is not None:
             ray.util.remove_placement_group(self.placement_group)
 
