@@ -23,7 +23,7 @@ from skill1.run_dir import OwnershipError, check_name
 
 __all__ = ["ENV_NAMES", "EVAL_SPLITS", "PRESETS", "AlgorithmConfig", "ConfigError", "EnvConfig", "LearnerConfig",
            "LibraryConfig", "LoggingConfig", "ModelConfig", "PlacementConfig", "RolloutConfig", "Skill1Config",
-           "BOUNDS", "check_numbers", "load_config", "numeric_keys", "recompute_proximal", "save_config"]
+           "BOUNDS", "check_numbers", "config_from_dict", "load_config", "numeric_keys", "recompute_proximal", "save_config"]
 
 @dataclass
 class Skill1Config:
@@ -177,6 +177,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         layers.append(loaded)
     if overrides:
         layers.append(OmegaConf.from_dotlist([_normalise_override(o) for o in overrides]))
+    return _merged(layers)
+
+
+def config_from_dict(values: dict) -> Skill1Config:
+    """A nested dict of config values (any subset of the tree) over the defaults → validated `Skill1Config`, or
+    one-line `ConfigError` (the RLlib builder's way in: `skill1.rllib.Skill1Config`)."""
+    try:
+        layer = OmegaConf.create(values)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
+    return _merged([OmegaConf.structured(Skill1Config), layer])
+
+
+def _merged(layers: list) -> Skill1Config:
     try:
         merged = OmegaConf.merge(*layers)
         cfg: Skill1Config = OmegaConf.to_object(merged)

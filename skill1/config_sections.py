@@ -346,6 +346,9 @@ class PlacementConfig:
     mode: str = "none"  # none: Ray places each actor | split: own bundles (NCCL sync) | colocate: sampler i on
     #                     learner rank i % ranks's bundle, sharing its GPU (CUDA IPC sync)
     strategy: str = "PACK"  # Ray placement-group strategy for those bundles
+    # every actor (pools and rollout worker too) in the placement group this process runs in, by bundle index:
+    # a Ray Tune trial's (`skill1.rllib` sets it); `mode` then only says whether samplers share learner bundles
+    hosted: bool = False
     timeout_s: float = 600.0  # waiting for the cluster to have room (autoscaler included)
     # memory of each GPU, GB: `skill1 train` checks the layout's per-GPU budget against it before any actor
     # starts (skill1/plan.py, `skill1 plan`); None: no check (CPU runs)

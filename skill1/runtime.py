@@ -92,6 +92,7 @@ class Fleet:
     on_gpu: bool = False
     all_ranks_read_weights: bool = False  # ZeRO-3 over several ranks: reading weights is a collective
     placement_group: object = None
+    owns_placement_group: bool = True  # False when hosted: the group is the Tune trial's, not ours to remove
     store: object = None  # the learner ranks' rendezvous TCPStore (kept alive by the driver)
     sleep_while_training: bool = False  # rollout.sleep_while_training (colocated vLLM, synchronous loop)
     transport: WeightTransport | None = None  # learner → samplers (`learner.weight_sync`)
@@ -180,7 +181,7 @@ class Fleet:
                 except ray.exceptions.GetTimeoutError:
                     continue
                 time.sleep(0.05)
-        if self.placement_group is not None:
+        if self.placement_group is not None and self.owns_placement_group:
             ray.util.remove_placement_group(self.placement_group)
 
 
@@ -196,15 +197,47 @@ def shard_by_tokens(samples: list, n: int) -> list[list]:
     return shards
 
 
-def start_env_pools(cfg: Skill1Config) -> list:
-    """`env.num_pools` pool actors; SPREAD puts them on as many nodes as the cluster has (scale-out by config)."""
+def start_env_pools(cfg: Skill1Config, placed: list[dict] | None = None) -> list:
+    """`env.num_pools` pool actors; SPREAD puts them on as many nodes as the cluster has (scale-out by config).
+    `placed`: each pool's scheduling options instead (its bundle of a hosted placement group)."""
     e = cfg.env
     # no max_task_retries: a call to a dead pool fails fast and the worker re-queues its episodes
     pool_opts = {"num_cpus": e.num_cpus_per_pool, "max_restarts": e.max_pool_restarts,
                  "scheduling_strategy": e.pool_scheduling, "resources": dict(e.pool_resources),
                  **({"memory": e.memory_per_pool_mb * 2**20} if e.memory_per_pool_mb else {})}
-    return [ray.remote(EnvPool).options(name=f"{cfg.name}:env-pool-{i}", **pool_opts)
+    return [ray.remote(EnvPool).options(name=f"{cfg.name}:env-pool-{i}", **{**pool_opts, **(placed or [{}] * e.num_pools)[i]})
             .remote(e.name, e.max_steps, e.env_options()) for i in range(e.num_pools)]
+
+
+HOST_CPUS = 0.25  # the process that drives the fleet (`skill1 train`'s driver, a Tune trial's actor): it waits on Ray
+WORKER_CPUS = 0.25  # the rollout worker: it routes calls, the samplers and pools do the work
+
+
+@dataclass(frozen=True)
+class HostedLayout:
+    """Which bundle of a hosted placement group (`hosted_bundles`) each actor takes; bundle 0 is the host's."""
+
+    worker: int
+    learners: list[int]
+    samplers: list[int]
+    pools: list[int]
+
+
+def hosted_bundles(cfg: Skill1Config, with_learner: bool = True) -> tuple[list[dict], HostedLayout]:
+    """Every bundle of a fleet that lives in a placement group someone else made (`placement.hosted`, a
+    Ray Tune trial's): the host process, the rollout worker, the learner ranks and samplers as `plan_placement`
+    lays them out (colocated or one each), the env pools. Each actor is then placed by its bundle index: left
+    to Ray, small actors fragment the bundles and a learner rank finds no bundle with room (a trial hung)."""
+    fleet, learner_at, sampler_at = plan_placement(cfg, with_learner)
+    e = cfg.env
+    pool = {"CPU": e.num_cpus_per_pool, **e.pool_resources,
+            **({"memory": e.memory_per_pool_mb * 2**20} if e.memory_per_pool_mb else {})}
+    head = [{"CPU": HOST_CPUS}, {"CPU": WORKER_CPUS}]
+    bundles = head + fleet + [{k: v for k, v in pool.items() if v > 0} or {"CPU": 0.001}] * e.num_pools
+    first_pool = len(head) + len(fleet)
+    return bundles, HostedLayout(worker=1, learners=[len(head) + i for i in learner_at],
+                                 samplers=[len(head) + i for i in sampler_at],
+                                 pools=list(range(first_pool, first_pool + e.num_pools)))
 
 
 def plan_placement(cfg: Skill1Config, with_learner: bool) -> tuple[list[dict], list[int], list[int]]:
@@ -276,10 +309,35 @@ def _start_learners(cfg: Skill1Config, model_path: str, pg, options: list[dict])
     return ranks, store
 
 
+def _hosted(cfg: Skill1Config, with_learner: bool) -> tuple[object, HostedLayout, callable]:
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = ray.util.get_current_placement_group()
+    if pg is None:
+        raise RuntimeError("placement.hosted: this process runs in no placement group (it is for a Ray Tune trial, "
+                           "whose bundles Skill1.default_resource_request asks for)")
+    bundles, layout = hosted_bundles(cfg, with_learner)
+    if len(pg.bundle_specs) < len(bundles):
+        raise RuntimeError(f"placement.hosted: the placement group has {len(pg.bundle_specs)} bundles, the "
+                           f"fleet needs {len(bundles)} ({bundles}): build it from skill1.runtime.hosted_bundles")
+
+    def at(i: int) -> dict:
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
+
+    return pg, layout, at
+
+
 def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, with_learner: bool) -> Fleet:
     rollout, learner = cfg.rollout, cfg.learner
-    pools = start_env_pools(cfg)
-    pg, learner_opts, sampler_opts = _place(cfg, with_learner, pools)
+    worker_opts, owns_group = {}, True
+    if cfg.placement.hosted:
+        pg, layout, at = _hosted(cfg, with_learner)
+        pools = start_env_pools(cfg, [at(i) for i in layout.pools])
+        learner_opts, sampler_opts = [at(i) for i in layout.learners], [at(i) for i in layout.samplers]
+        worker_opts, owns_group = at(layout.worker), False
+    else:
+        pools = start_env_pools(cfg)
+        pg, learner_opts, sampler_opts = _place(cfg, with_learner, pools)
     # a dead sampler comes back (from the initial weights; the worker hands it the current ones); one seed for
     # all: per-request seeds make a draw independent of the sampler it lands on
     samplers = [ray.remote(SamplerHost).options(
@@ -288,12 +346,13 @@ def start_fleet(cfg: Skill1Config, model_path: str, library_path: str | None, wi
     ).remote(rollout.backend, model_path, cfg.model.dtype, cfg.algorithm.seed, rollout.scripted_latency_s,
              rollout.engine_kwargs()) for i in range(rollout.num_samplers)]
     # threaded: submit/poll reach it while its streaming loop runs
-    worker = ray.remote(RolloutWorker).options(name=f"{cfg.name}:rollout-worker", num_cpus=0.25,
-                                               max_concurrency=4).remote(
+    worker = ray.remote(RolloutWorker).options(name=f"{cfg.name}:rollout-worker", num_cpus=WORKER_CPUS,
+                                               max_concurrency=4, **worker_opts).remote(
         model_path, samplers, pools, library_path, cfg.library.encoder)
     learners, store = _start_learners(cfg, model_path, pg, learner_opts) if with_learner else ([], None)
     fleet = Fleet(pools, samplers, worker, learners, on_gpu=learner.num_gpus > 0,
                   all_ranks_read_weights=learner.num_ranks > 1 and learner.zero_stage == 3, placement_group=pg,
+                  owns_placement_group=owns_group,
                   store=store, sleep_while_training=rollout.sleep_while_training)
     if learners:
         fleet.transport = TRANSPORTS[learner.weight_sync](fleet, int(learner.weight_sync_bucket_mb * 2**20))

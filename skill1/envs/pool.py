@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -64,7 +65,11 @@ def _reconstructed() -> bool:
 
     if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
         return False
-    return ray.get_runtime_context().was_current_actor_reconstructed
+    # Ray 2.60's own property reads its deprecated `actor_id` inside and warns (3 lines per pool, every run);
+    # the documented alternative, `ray.util.state.get_actor`, needs the dashboard, which local runs leave out
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This API is deprecated", category=DeprecationWarning)
+        return ray.get_runtime_context().was_current_actor_reconstructed
 
 
 class EnvPool:

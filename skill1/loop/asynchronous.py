@@ -23,10 +23,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import fields
+from pathlib import Path
 
 import ray
 
 from skill1.algo.admission import AdmissionController, behaviour_version, library_fresh, staleness_metrics, take_batch
+from skill1.checkpoint import checkpoints_dir
 from skill1.loop.context import TrainContext
 from skill1.loop.steps import (Batch, WeightPush, busy_fractions, finish_push, learn, push_weights, timing_metrics,
                                update_library)
@@ -71,6 +73,7 @@ class AsyncSchedule:
         self.batch_metrics: dict = {}  # its metrics so far
         self.library_s = 0.0  # its library write
         self.evaluating: int | None = None  # the iteration a held-out evaluation in flight follows
+        self.last_eval: dict = {}  # the newest held-out report
         self.counters = {"dropped_on_finish": 0, "expired_in_buffer": 0}
         self.headroom_min, self.restarts_seen = float("inf"), 0
         self.last_stats, self.last_busy, self.stats, self.busy = RolloutStats(), {}, RolloutStats(), {}
@@ -86,19 +89,41 @@ class AsyncSchedule:
                 # SIGTERM with the learner idle: a consistent point. What runs now is played again on resume.
                 ctx.stop_now(self.logged, self.next_seq, self.running.union(self.replay), self.buffer)
                 return None
-            self._admit()
-            if self._learner_idle() and not ctx.stop:
-                self._form_batch()
-            ready = self._wait()
-            if self.poll_ref in ready:
-                self._on_rollouts(ray.get(self.poll_ref))
-            if self.update_refs and all(ref in ready for ref in self.update_refs):
-                self._on_update()
-            if self.push_held and self.evaluating is None:
-                self.push_held, self.push = False, push_weights(self.fleet, self.learner_version)
-            if self.push is not None and all(ref in ready for ref in self.push.refs):
-                self._on_synced()
+            self._turn(form=not ctx.stop)
         return self.metrics
+
+    def _turn(self, form: bool) -> None:
+        """One turn of the event loop: admit, form a batch if the learner is idle (and `form`), wait, react."""
+        self._admit()
+        if form and self._learner_idle():
+            self._form_batch()
+        ready = self._wait()
+        if self.poll_ref in ready:
+            self._on_rollouts(ray.get(self.poll_ref))
+        if self.update_refs and all(ref in ready for ref in self.update_refs):
+            self._on_update()
+        if self.push_held and self.evaluating is None:
+            self.push_held, self.push = False, push_weights(self.fleet, self.learner_version)
+        if self.push is not None and all(ref in ready for ref in self.push.refs):
+            self._on_synced()
+
+    def evaluate(self) -> dict:
+        """A held-out evaluation now, streamed beside the running groups (no batch forms meanwhile, so the
+        learner stays idle for a checkpoint after it); its report."""
+        self.evaluating = self.logged
+        self.fleet.worker.submit.remote([dataclasses.replace(self.ctx.eval_request(self.sampler_version),
+                                                             tag=EVAL_TAG)])
+        while self.evaluating is not None:
+            self._turn(form=False)
+        return self.last_eval
+
+    def save(self) -> Path:
+        """A checkpoint of the last finished iteration (call between steps: the learner is idle)."""
+        ctx = self.ctx
+        if ctx.saved_iteration != self.logged:
+            ctx.checkpoint(self.logged, self.next_seq, self.running.union(self.replay), self.buffer,
+                           reason="on request")
+        return checkpoints_dir(ctx.run_dir) / f"iter-{self.logged}"
 
     def run(self, bar) -> dict:
         self.bar = bar
@@ -166,7 +191,7 @@ class AsyncSchedule:
         self.poll_ref, self.stats, self.busy = None, progress.stats, progress.busy_s
         for tag, episodes in progress.completed:
             if tag == EVAL_TAG:
-                self.ctx.held_out(self.evaluating, episodes)
+                self.last_eval = self.ctx.held_out(self.evaluating, episodes)
                 self.evaluating = None
                 continue
             seq = int(tag)

@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import ray
 
+from skill1.checkpoint import checkpoints_dir
 from skill1.loop.context import TrainContext
 from skill1.loop.steps import Batch, busy_fractions, learn, sync_weights, timing_metrics, update_library
 from skill1.loop.tasks import iteration_groups
@@ -33,6 +35,7 @@ class SyncSchedule:
     def __init__(self, ctx: TrainContext):
         self.ctx, self.policy_version, self.busy, self.last_end = ctx, ctx.start_iteration, {}, time.perf_counter()
         self.bar = None  # the progress bar `run` reports to
+        self.done = ctx.start_iteration  # the last finished iteration
 
     def step(self, it: int) -> dict | None:
         """Iteration `it` from rollout to its report and checkpoint; None when a stop came first (iteration
@@ -63,9 +66,24 @@ class SyncSchedule:
                         "policy/version": float(self.policy_version), "time/rollout_s": t1 - t0})
         self.busy, self.last_end = busy, end
         ctx.finish_iteration(batch, metrics, self.bar, next_seq=seqs[-1] + 1)
+        self.done = it
         if ctx.eval_due(it):
             ctx.evaluate_now(it, self.policy_version)
         return metrics
+
+    def evaluate(self) -> dict:
+        """A held-out evaluation now (the worker is idle between steps); its report."""
+        return self.ctx.evaluate_now(self.done, self.policy_version)
+
+    def save(self) -> Path:
+        """A checkpoint of the last finished iteration (between steps: the learner is idle)."""
+        ctx = self.ctx
+        if ctx.saved_iteration != self.done:
+            ctx.checkpoint(self.done, self.done * ctx.cfg.algorithm.tasks_per_iteration, reason="on request")
+        return checkpoints_dir(ctx.run_dir) / f"iter-{self.done}"
+
+    def close(self) -> None:
+        """Nothing streams between steps."""
 
     def run(self, bar) -> dict:
         self.bar, metrics, cfg = bar, {}, self.ctx.cfg

@@ -10,8 +10,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from skill1.agent.prompts import PROMPT_VERSION
-from skill1.checkpoint import (Checkpoint, CheckpointError, StopRequest, latest_checkpoint, publish_dir,
-                               restore_driver_rng, truncate_jsonl)
+from skill1.checkpoint import (Checkpoint, CheckpointError, StopRequest, latest_checkpoint, load_checkpoint,
+                               publish_dir, restore_driver_rng, truncate_jsonl)
 from skill1.config import ConfigError, Skill1Config, save_config
 from skill1.envs.registry import make_task_source
 from skill1.evaluate import eval_metrics
@@ -38,11 +38,12 @@ class TrainResult:
     stopped_at: int | None = None  # SIGTERM: the iteration checkpointed before stopping (resume from there)
 
 
-def _prepare_resume(cfg: Skill1Config) -> Checkpoint:
-    """The newest checkpoint, checked whole before anything in the run dir changes or Ray starts."""
+def _prepare_resume(cfg: Skill1Config, checkpoint: Path | None = None) -> Checkpoint:
+    """The newest checkpoint (or `checkpoint`, one of the run's), checked whole before anything in the run dir
+    changes or Ray starts."""
     from skill1.learner.safe_load import UnsafeCheckpoint, scan
 
-    ckpt = latest_checkpoint(cfg.run_dir)
+    ckpt = latest_checkpoint(cfg.run_dir) if checkpoint is None else load_checkpoint(checkpoint)
     if ckpt is None:
         raise ConfigError(f"--resume: {cfg.run_dir} has no complete checkpoint (checkpoints/latest); runs save "
                           f"every save_every iterations and on SIGTERM")
@@ -79,7 +80,8 @@ def train(cfg: Skill1Config, resume: bool = False, restart: bool = False) -> Tra
         return _train_locked(cfg, resume, restart, task_source)
 
 
-def open_run(cfg: Skill1Config, resume: bool, restart: bool, task_source) -> TrainContext:
+def open_run(cfg: Skill1Config, resume: bool, restart: bool, task_source,
+             checkpoint: Path | None = None) -> TrainContext:
     """Everything a schedule needs, in the order that is safe: the run dir and policy, Ray and wandb (they
     spawn processes before LanceDB is imported: forking after it is unsafe), the library (rolled back to the
     checkpoint's tag on resume), the fleet, and on resume the learner state, synced to every sampler."""
@@ -89,7 +91,7 @@ def open_run(cfg: Skill1Config, resume: bool, restart: bool, task_source) -> Tra
         check_library_encoder(cfg.run_dir / "library", cfg.library.encoder)
     run_dir, ckpt = cfg.run_dir, None
     if resume:
-        ckpt = _prepare_resume(cfg)
+        ckpt = _prepare_resume(cfg, checkpoint)
         model_path = ckpt.state.reference_model
     else:
         fresh_run_dir(run_dir, overwrite=cfg.overwrite or (restart and is_run_dir(run_dir)))
