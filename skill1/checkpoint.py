@@ -61,7 +61,7 @@ class TrainState:
     consumed_episodes: list[str]  # ids of the episodes trained so far
     reference_model: str  # the frozen KL reference (and the samplers' starting weights)
     wandb_run_id: str | None
-    reason: str = "periodic"  # periodic | sigterm
+    reason: str = "periodic"  # periodic | final (after the last iteration) | sigterm | on request (RLlib save)
     saved_at: float = field(default_factory=time.time)
     prompt_version: str | None = None  # the prompts the run was trained with (resume refuses another)
 

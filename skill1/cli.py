@@ -132,14 +132,39 @@ def _init_tiny(args) -> None:
     model = dataclasses.replace(cfg.model, path=args.out or cfg.model.path)
     if args.warm_start_steps is not None:
         model = dataclasses.replace(model, warm_start_steps=args.warm_start_steps)
+    if (Path(model.path) / "config.json").is_file() and not args.force:
+        raise CommandError(f"{model.path} already holds a model (a warm start takes minutes to redo): pass --force "
+                           "to replace it, or --out DIR to build another")
     path = ensure_policy(model, force=True, settings=episode_settings(cfg, training=True))
     print(f"tiny policy written to {path}")
 
 
+DESCRIPTION = """Skill1: train an LLM agent that selects, uses and distills skills from one task reward.
+
+  skill1 train --config pipelines/configs/quickstart.yaml     the quickstart (local Ray, tiny policy, built-in env)
+  skill1 eval --run runs/quickstart                          held-out success of its final checkpoint
+  skill1 library ls --run runs/quickstart                    the skills it wrote
+
+`skill1 COMMAND --help` for each command."""
+
+
+def _command(sub, name: str, summary: str, details: str = ""):
+    """A sub-command whose --help opens with what it does (its one-line summary, then any details)."""
+    return sub.add_parser(name, help=summary, description=summary + (f"\n\n{details}" if details else ""),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="skill1", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a policy (local Ray by default; RAY_ADDRESS to join a cluster)")
+    from skill1.config import Skill1Config
+
+    defaults = Skill1Config()
+    p = argparse.ArgumentParser(prog="skill1", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show Ray's and wandb's own info lines")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    t = _command(sub, "train", "train a policy (local Ray by default; RAY_ADDRESS to join a cluster)",
+                 "A run writes runs/<name>/: config.yaml, metrics.jsonl, the skill library, checkpoints/ and\n"
+                 "eval.json. Any config key can be overridden as key=value (pipelines/configs/*.yaml list them).")
     t.add_argument("--config", help="YAML config (e.g. pipelines/configs/quickstart.yaml)")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue runs/<name> from its newest checkpoint (overrides may raise algorithm.iterations)")
@@ -148,25 +173,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "jobs that are retried after preemption)")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. learner.lr=1e-5")
     t.set_defaults(fn=_train)
-    e = sub.add_parser("eval", help="evaluate a run's policy checkpoint and library on held-out tasks")
+    e = _command(sub, "eval", "evaluate a run's policy checkpoint and library on held-out tasks",
+                 "Greedy and seeded per episode: the same checkpoint, library tag and tasks give the same episodes.\n"
+                 f"Tasks: env.eval_tasks (default {defaults.env.eval_tasks}) of the held-out split, seeded by "
+                 f"env.eval_seed. Writes <run>/eval.json.")
     e.add_argument("--run", required=True, help="run directory (runs/<name>)")
     e.add_argument("--checkpoint", help="policy dir (default: <run>/checkpoints/final)")
     e.add_argument("--library-tag", help="library snapshot (default: the newest iter-k tag)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. env.eval_tasks=60")
     e.set_defaults(fn=_eval)
-    pl = sub.add_parser("plan", help="per-GPU memory budget of a config's layout (weights, gradients, optimizer, "
-                                     "reference, activations, vLLM): exits 2 when it cannot fit")
+    pl = _command(sub, "plan", "per-GPU memory budget of a config's layout (weights, gradients, optimizer, "
+                               "reference, activations, vLLM): exits 2 when it cannot fit")
     pl.add_argument("--config", help="YAML config (e.g. pipelines/configs/alfworld_qwen2.5_7b.yaml)")
     pl.add_argument("--gpu-gb", type=float, help="memory of one GPU in GB (default: placement.gpu_memory_gb)")
     pl.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. learner.micro_batch_tokens=4096")
     pl.set_defaults(fn=_plan)
-    m = sub.add_parser("model", help="policy models").add_subparsers(dest="model_command", required=True)
-    mi = m.add_parser("init-tiny", help="create the tiny local Qwen2-architecture policy (tokenizer, init, warm "
-                                        "start), as the model.* keys of the config describe it")
-    mi.add_argument("--config", help="YAML config whose model.* and env.* keys to use (default: the defaults)")
-    mi.add_argument("--out", help="model dir (default: the config's model.path)")
-    mi.add_argument("--warm-start-steps", type=int, help="SFT steps on searcher demos (default: the config's; 0: random)")
+    m = _command(sub, "model", "build the tiny local policy").add_subparsers(dest="model_command", required=True,
+                                                                               metavar="MODEL_COMMAND")
+    mi = _command(m, "init-tiny", "build the tiny local Qwen2-architecture policy: an env-trained tokenizer, a "
+                                  "random init, a warm start on searcher demonstrations",
+                  "`skill1 train` builds it by itself the first time (model.create_tiny_if_missing); this command\n"
+                  "builds it again on purpose, e.g. after changing model.* keys. An existing model is kept unless\n"
+                  "--force is given.")
+    mi.add_argument("--config", help="YAML config whose model.* and env.* keys to use (default: the built-in defaults)")
+    mi.add_argument("--out", help=f"model dir (default: the config's model.path, {defaults.model.path})")
+    mi.add_argument("--warm-start-steps", type=int,
+                    help=f"SFT steps on searcher demos (default: the config's model.warm_start_steps, "
+                         f"{defaults.model.warm_start_steps}; 0: a random policy)")
+    mi.add_argument("--force", action="store_true", help="replace a model already at that path")
     mi.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.hidden_size=128")
     mi.set_defaults(fn=_init_tiny)
     register_library(sub)
@@ -184,12 +219,26 @@ def _actor_errors() -> tuple:
     return (NonFiniteUpdates, UnsafeCheckpoint)
 
 
+def quiet_console() -> None:
+    """Our lines, not our libraries': Ray's INFO lines ("Started a local Ray instance", its auth notice) and
+    wandb's start/finish banners and history dump (`skill1 eval` printed ~27 lines before its table) stay out
+    of the console; warnings and errors still show. `--verbose` keeps them all."""
+    import logging
+
+    import ray  # noqa: F401  (first: importing Ray sets its logger's level, which would undo ours)
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    logging.getLogger("ray").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # An inherited WANDB_SERVICE (a notebook, a sweep agent, a test runner that used wandb) would register
     # this run's stream in that parent's service, which outlives us: after a kill -9 the stream stays
     # registered and a resume (or `eval`, which logs into the run) is refused ("run ID ... is in use").
     os.environ.pop("WANDB_SERVICE", None)
+    if not args.verbose:
+        quiet_console()
     try:
         rc = args.fn(args)
         return rc if isinstance(rc, int) else 0

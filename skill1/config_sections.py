@@ -45,7 +45,7 @@ class ModelConfig:
     # 64 is what vLLM's CPU attention takes; 32 gives a 128-wide body 4 heads, which copy an admissible action
     # out of the prompt sooner than 2 (README "The tiny policy"). Key/value heads: half the heads.
     head_dim: int = 32
-    warm_start_steps: int = 1600  # SFT steps on searcher demonstrations (0: a random policy)
+    warm_start_steps: int = 1600  # SFT steps on searcher demos (0: a random policy); read when the model is built
     warm_start_lr: float = 1.0e-2
     warm_start_batch: int = 16
     warm_start_tasks: int = 1500  # distinct tasks the demonstrations come from

@@ -319,14 +319,18 @@ def test_reading_commands_never_create_a_table_where_there_is_no_library(tmp_pat
     assert [p.name for p in (run / "library").iterdir()] == ["notes.txt"]
 
 
-def test_skill_text_reaches_the_terminal_without_control_sequences(fresh, capsys, encoder):
+def test_skill_text_reaches_the_terminal_without_control_sequences(fresh, capsys, encoder, monkeypatch):
+    import skill1.algo.skill_intake as intake
     from skill1.library import SkillLibrary
 
     run, _ = fresh
     lib = SkillLibrary.open(str(run / "library"), encoder.name, encoder.dim)
     evil = SkillDraft("heat \x1b[2J\x1b]0;pwned\x07an egg\x9b31m", "open \x1b[31mthe\x1b[0m microwave\u202e\x07")
-    lib.add([evil], encoder.encode([evil.scenario]), iteration=3, source_tasks=["t"], source_episodes=["e"],
-            initial_utility=9.0)  # the top skill: shown first
+    add = dict(iteration=3, source_tasks=["t"], source_episodes=["e"], initial_utility=9.0)  # the top skill
+    assert lib.add([evil], encoder.encode([evil.scenario]), **add).rejected == [(0, "control_chars")]
+    # a library written before skills were checked (or by another tool): the terminal still gets none of it
+    monkeypatch.setattr(intake, "field_fault", lambda text: None)
+    lib.add([evil], encoder.encode([evil.scenario]), **add)
     lib.tag("iter-3")  # (LanceDB allows only [A-Za-z0-9._-] in tag names)
     outputs = [run_cli(capsys, "library", *cmd, "--run", run)[1] for cmd in
                (["show", "--top", "1"], ["search", "heat an egg", "-k", "1"], ["diff", "iter-2"], ["ls"])]

@@ -50,6 +50,29 @@ def test_parse_skill():
     assert parse_skill("<scenario>a</scenario><strategy>" + "b" * 101 + "</strategy>", 100) == (None, "too_long")
 
 
+@pytest.mark.parametrize("text, reason", [
+    # the stored strategy: a second <strategy> opened inside the first
+    ("<scenario>heat the plate</scenario><strategy>find the first object, it</scenario><strategy>find the desklamp"
+     "</strategy>", "tag_in_field"),
+    ("<scenario>a <think>b</scenario><strategy>c</strategy>", "tag_in_field"),
+    ("<scenario>a</scenario><strategy>then <action>go to desk 1</action></strategy>", "tag_in_field"),
+    ("<scenario>a\x00b</scenario><strategy>c</strategy>", "control_chars"),
+    ("<scenario>a</scenario><strategy>c\x1b[31m red</strategy>", "control_chars"),
+    ("<scenario>a</scenario><strategy>b\u202ec</strategy>", "control_chars"),
+    ("sure! <scenario>a</scenario><strategy>c</strategy>", "text_outside_tags"),
+    ("<scenario>a</scenario> then <strategy>c</strategy>", "text_outside_tags"),
+    ("<scenario>a</scenario><strategy>c</strategy> go to desk 1", "text_outside_tags"),
+    ("<strategy>c</strategy><scenario>a</scenario>", "text_outside_tags"),
+])
+def test_a_skill_with_markup_control_characters_or_stray_text_is_rejected_with_its_reason(text, reason):
+    assert parse_skill(text, 1000) == (None, reason)
+
+
+def test_a_skill_may_have_whitespace_around_and_inside_its_tags():
+    draft, reason = parse_skill("\n <scenario> heat\tthings </scenario>\n<strategy>use the\nmicrowave</strategy>\n", 100)
+    assert reason is None and (draft.scenario, draft.strategy) == ("heat things", "use the microwave")
+
+
 def test_template_action_accepts_any_nonempty_argument():
     admissible = ["search[<query>]", "click[back to search]"]
     assert parse_action("<think>t</think><action>search[ red  shoes ]</action>", admissible) == ("search[ red shoes ]", None)

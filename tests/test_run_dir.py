@@ -136,6 +136,30 @@ def test_init_tiny_out_dotdot_is_refused_in_one_line(tmp_path, monkeypatch, caps
     assert (tmp_path / "a" / "precious").is_file()
 
 
+def test_init_tiny_keeps_an_existing_model_unless_forced(tmp_path, capsys):
+    built = tmp_path / "tiny"
+    built.mkdir()
+    (built / "config.json").write_text("{}")
+    (built / "skill1_provenance.json").write_text(json.dumps({"warm_start_steps": 1600}))
+    rc, err = _skill1(capsys, "model", "init-tiny", "--out", str(built), "--warm-start-steps", "0")
+    assert rc == 2 and err.count("\n") == 1 and "--force" in err
+    assert json.loads((built / "skill1_provenance.json").read_text()) == {"warm_start_steps": 1600}
+
+
+def test_a_model_built_with_another_recipe_is_used_as_built_and_said_so(tmp_path, capsys):
+    from skill1.tiny_policy.provision import ensure_policy
+
+    built = tmp_path / "tiny"
+    built.mkdir()
+    (built / "config.json").write_text("{}")
+    (built / "skill1_provenance.json").write_text(json.dumps({"warm_start_steps": 1600, "hidden_size": 128}))
+    assert ensure_policy(ModelConfig(path=str(built), warm_start_steps=0, hidden_size=128), _settings()) == str(built)
+    err = capsys.readouterr().err
+    assert "model.warm_start_steps=1600 (this config: 0)" in err and "--force" in err and "hidden_size" not in err
+    ensure_policy(ModelConfig(path=str(built), warm_start_steps=1600, hidden_size=128), _settings())
+    assert capsys.readouterr().err == ""  # the same recipe: nothing to say
+
+
 def test_a_crashed_builds_debris_is_cleared_by_the_next_build(tmp_path, monkeypatch):
     import skill1.tiny_policy.provision as provision
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from skill1.algo.skill_intake import field_fault
 from skill1.types import SkillDraft
 
 MAX_QUERY_CHARS = 300
@@ -82,8 +83,13 @@ def attempted_action(text: str, max_chars: int = 60) -> str:
     return raw or "nothing"
 
 
+SKILL_FORM = re.compile(r"\s*<scenario>(.*?)</scenario>\s*<strategy>(.*?)</strategy>\s*", re.DOTALL)
+
+
 def parse_skill(text: str, max_chars: int) -> tuple[SkillDraft | None, str | None]:
-    """Exactly one `<scenario>` and one `<strategy>`, both non-empty, within `max_chars` each."""
+    """Exactly `<scenario>…</scenario><strategy>…</strategy>` (whitespace around and between only), both
+    non-empty, within `max_chars` each, neither holding a tag of ours or a control character
+    (`skill_intake.field_fault`): what is stored is exactly what the policy wrote in each field."""
     scenarios, strategies = _tagged(text, "scenario"), _tagged(text, "strategy")
     if not scenarios:
         return None, "missing_scenario"
@@ -91,7 +97,13 @@ def parse_skill(text: str, max_chars: int) -> tuple[SkillDraft | None, str | Non
         return None, "missing_strategy"
     if len(scenarios) > 1 or len(strategies) > 1:
         return None, "extra_tags"
-    scenario, strategy = " ".join(scenarios[0].split()), " ".join(strategies[0].split())
+    form = SKILL_FORM.fullmatch(text)
+    if form is None:
+        return None, "text_outside_tags"  # text before, between or after the two, or the strategy first
+    fault = field_fault(form.group(1)) or field_fault(form.group(2))
+    if fault:
+        return None, fault  # e.g. `<strategy>… it</scenario><strategy>…` written into one field
+    scenario, strategy = " ".join(form.group(1).split()), " ".join(form.group(2).split())
     if not scenario:
         return None, "empty_scenario"
     if not strategy:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,12 +44,30 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
+# Text a stored skill never holds: our markup (a strategy is pasted into later prompts, where a tag would
+# change what the policy reads), control characters (C0, DEL, C1) and bidi overrides (they rewrite a terminal)
+MARKUP = re.compile(r"</?\s*(scenario|strategy|think|action|query|choice)\s*>", re.IGNORECASE)
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def field_fault(text: str) -> str | None:
+    """Why a scenario or strategy text cannot be stored ("tag_in_field", "control_chars"), else None."""
+    if MARKUP.search(text):
+        return "tag_in_field"
+    if CONTROL.search(text):
+        return "control_chars"
+    return None
+
+
 def reject_reason(draft: SkillDraft, embedding: np.ndarray, max_chars: int) -> str | None:
     scenario, strategy = (draft.scenario or "").strip(), (draft.strategy or "").strip()
     if not scenario:
         return "empty_scenario"
     if not strategy:
         return "empty_strategy"
+    fault = field_fault(scenario) or field_fault(strategy)  # whichever path made the draft
+    if fault:
+        return fault
     if len(scenario) + len(strategy) > max_chars:
         return "too_long"
     if not (np.all(np.isfinite(embedding)) and np.linalg.norm(embedding) > 0):

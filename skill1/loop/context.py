@@ -79,7 +79,8 @@ class TrainContext:
             bar.update(1)
         self.report(batch.iteration, metrics, metrics["time/iteration_s"], bar)
         if self.due(batch.iteration):
-            self.checkpoint(batch.iteration, next_seq, running, buffer)
+            last = batch.iteration == self.cfg.algorithm.iterations
+            self.checkpoint(batch.iteration, next_seq, running, buffer, reason="final" if last else "periodic")
 
     def record_trained(self, iteration: int, seqs: list[int], episodes: list[Episode]) -> None:
         """Append the batch to the consumed ledger; an episode id trained twice is a bug, never data."""

@@ -142,10 +142,27 @@ def close_run(ctx: TrainContext) -> None:
     ctx.fleet.shutdown()
 
 
+class SteadyBar(tqdm):
+    """A progress bar whose rate (and ETA) counts from the end of the first iteration this process runs: that
+    one also holds the start-up, the held-out evaluation before training and the asynchronous pipeline's
+    fill, and with it in the rate the ETA read 05:05 with a minute left. Until the second, the ETA is "?"."""
+
+    def update(self, n: int = 1):
+        steady = getattr(self, "_steady", False)
+        shown = super().update(n)
+        if not steady and not self.disable:
+            self._steady, done, started = True, self.n, self.start_t
+            self.reset()  # the rate's averages start again from here (public API; it zeroes the count)
+            self.n = self.last_print_n = self.initial = done
+            self.start_t = started  # elapsed time stays the run's
+            self.refresh()
+        return shown
+
+
 def _train_locked(cfg: Skill1Config, resume: bool, restart: bool, task_source) -> TrainResult:
     ctx = open_run(cfg, resume, restart, task_source)
-    bar = tqdm(total=cfg.algorithm.iterations, initial=ctx.start_iteration, desc=f"skill1 train ({cfg.rollout.mode})",
-               unit="it", disable=not cfg.logging.progress)
+    bar = SteadyBar(total=cfg.algorithm.iterations, initial=ctx.start_iteration, unit="it",
+                    desc=f"skill1 train ({cfg.rollout.mode})", disable=not cfg.logging.progress)
     checkpoint = ctx.run_dir / "checkpoints" / "final"
     try:
         if cfg.eval_at_ends and ctx.resumed is None:
@@ -160,6 +177,7 @@ def _train_locked(cfg: Skill1Config, resume: bool, restart: bool, task_source) -
             metrics = run_sync(ctx, bar)
         if ctx.stopped_at is None:
             publish_dir(ctx.fleet.save, checkpoint)
+            tqdm.write(f"final policy: {checkpoint}")
             if cfg.eval_at_ends:
                 metrics = {**metrics, **eval_metrics(ctx.evaluate_now(cfg.algorithm.iterations,
                                                                       cfg.algorithm.iterations))}

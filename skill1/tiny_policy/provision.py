@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from skill1.config import ModelConfig
@@ -46,6 +47,10 @@ def ensure_policy(cfg: ModelConfig, settings, force: bool = False) -> str:
     demonstrations are played with them."""
     path = Path(cfg.path)
     if (path / "config.json").is_file() and not force:
+        differs = recipe_changes(cfg, path)
+        if differs:  # the model is used as built: say so, never silently
+            print(f"model.path {path} was built with {', '.join(differs)}; it is used as built "
+                  f"(`skill1 model init-tiny --force` rebuilds it from this config)", file=sys.stderr)
         return str(path)
     if not cfg.create_tiny_if_missing and not force:
         raise FileNotFoundError(
@@ -58,6 +63,21 @@ def ensure_policy(cfg: ModelConfig, settings, force: bool = False) -> str:
             return str(path)
         _build(cfg, path, settings)
     return str(path)
+
+
+RECIPE_KEYS = ("hidden_size", "num_layers", "head_dim", "warm_start_steps", "warm_start_lr", "warm_start_batch",
+               "warm_start_tasks", "warm_start_dagger_steps", "warm_start_dagger_tasks", "tokenizer")
+
+
+def recipe_changes(cfg: ModelConfig, path: Path) -> list[str]:
+    """`key=built (config: asked)` for each model.* key where the built model (its provenance) and `cfg`
+    differ; [] for a model we did not build (nothing recorded to compare)."""
+    try:
+        built = json.loads((path / MODEL_MARKER).read_text())
+    except (OSError, ValueError):
+        return []
+    return [f"model.{k}={built[k]} (this config: {getattr(cfg, k)})" for k in RECIPE_KEYS
+            if k in built and built[k] != getattr(cfg, k)]
 
 
 def _build(cfg: ModelConfig, path: Path, settings) -> None:

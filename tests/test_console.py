@@ -1,0 +1,44 @@
+"""What a run prints: our lines, a progress bar whose ETA is not thrown off by the first iteration, and the
+libraries' own info lines only with --verbose."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from skill1.cli import build_parser
+
+
+def test_the_eta_counts_from_the_second_iteration():
+    """The first iteration holds start-up and the initial evaluation: in the rate it put the ETA out by minutes."""
+    from skill1.loop.train import SteadyBar
+
+    out = io.StringIO()
+    bar = SteadyBar(total=10, initial=2, file=out, mininterval=0, ascii=True)  # resumed at iteration 2
+    time.sleep(0.6)
+    bar.update(1)
+    first = out.getvalue().split("\r")[-1]
+    assert "3/10" in first and "<?" in first  # no ETA yet
+    for _ in range(3):
+        time.sleep(0.05)
+        bar.update(1)
+    steady = bar.format_dict
+    bar.close()
+    remaining = (steady["total"] - steady["n"]) / steady["rate"]
+    assert steady["n"] == 6 and remaining < 0.6  # ~0.05 s an iteration, not (0.6 + 0.15) / 4
+    assert steady["elapsed"] >= 0.7  # elapsed is still the whole run's
+
+
+def test_ray_and_wandb_info_lines_are_kept_out_unless_verbose():
+    """In a fresh process, as the CLI runs it: importing Ray after setting the level would reset it to INFO."""
+    assert build_parser().parse_args(["--verbose", "eval", "--run", "r"]).verbose
+    assert not build_parser().parse_args(["eval", "--run", "r"]).verbose
+    probe = ("import logging, os; from skill1.cli import quiet_console; quiet_console(); import ray; "
+             "print(logging.getLogger('ray._private.worker').getEffectiveLevel(), os.environ['WANDB_SILENT'])")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == [str(logging.WARNING), "true"]
