@@ -229,6 +229,11 @@ def quiet_console() -> None:
 
     os.environ.setdefault("WANDB_SILENT", "true")
     logging.getLogger("ray").setLevel(logging.WARNING)
+    # Ray's notice that token auth is on (its default) is a warning; that it is *off* stays visible. (Setting
+    # RAY_AUTH_MODE=token instead would silence it too, but Ray reads the mode when imported: set afterwards,
+    # the GCS it starts wanted a token that this process never sent.)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: "Token authentication is enabled" not in record.getMessage())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,12 @@ Greedy retrieval, `rollout.eval_temperature` sampling, no distillation, no libra
 
 Reproducible: episode ids are fixed (`eval-<i>-<task id>`) and every generation's sampling seed is derived
 from its episode id (`skill1.agent.episode`), so a fixed checkpoint + library snapshot on the fixed tasks
-draws the same tokens run after run, at any temperature. The report records the sampler settings under
-`settings`.
+draws the same tokens run after run, at any temperature. A row's tokens do not depend on which other
+episodes share its batch (each row draws from its own generator; left padding is masked and positions count
+real tokens): `tests/test_sampler.py` checks greedy rows alone and beside prompts several times longer. The
+logits themselves can differ in the last float bits with batch shape (~1e-7 in float32 on CPU), so a greedy
+token could flip only on a top-two tie that close. The report records the sampler settings under `settings`,
+with the torch thread count each sampler measured (`sampler_threads`: float sums depend on it).
 
 The pieces are separate so the trainer can evaluate with the fleet it already has: `eval_tasks(cfg)`,
 `eval_request(cfg, tasks, library_version, policy_version)` for its rollout worker, `summarize(episodes)`.
@@ -124,10 +128,11 @@ def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str 
     fleet = start_fleet(cfg, checkpoint, str(library_path), with_learner=False)
     try:
         episodes = ray.get(fleet.worker.run.remote(eval_request(cfg, tasks, version, 0)))
+        threads = ray.get([s.torch_threads.remote() for s in fleet.samplers])  # as measured, not as asked
     finally:
         fleet.shutdown()
     report = summarize(episodes, checkpoint=checkpoint, library_version=version,
-                       split=cfg.env.resolved_eval_split(), settings=eval_settings(cfg))
+                       split=cfg.env.resolved_eval_split(), settings={**eval_settings(cfg), "sampler_threads": threads})
     (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
     log_eval(cfg, report, trained)
     return report

@@ -37,9 +37,6 @@ def init_ray(cfg: Skill1Config) -> None:
         env_vars = {k: v for k, v in env_vars.items() if k not in taken}
         ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None)
     else:
-        # token auth is Ray's default for a local start; saying so explicitly keeps it and drops Ray's notice
-        # (an exported RAY_AUTH_MODE, e.g. disabled, still wins)
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=cfg.dashboard,
                  dashboard_host=cfg.dashboard_host, log_to_driver=True, configure_logging=False)
         _LOCAL_GCS = ray.get_runtime_context().gcs_address

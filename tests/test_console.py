@@ -42,3 +42,9 @@ def test_ray_and_wandb_info_lines_are_kept_out_unless_verbose():
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
     assert out.split() == [str(logging.WARNING), "true"]
+    # Ray's auth notices: "on" (its default) is dropped, "off" (anyone on the network may run code) stays
+    probe = ("from skill1.cli import quiet_console; quiet_console(); "
+             "from ray._private.authentication import authentication_token_setup as a; "
+             "a._warn_token_auth_enabled(); a._warn_token_auth_disabled()")
+    err = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stderr
+    assert "Token authentication is disabled" in err and "Token authentication is enabled" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -181,7 +182,10 @@ def test_missing_benchmark_data_fails_in_one_line_before_anything_starts(tmp_pat
 def test_analysis_notebook_runs_on_the_trained_run(trained, monkeypatch, capsys):
     """Execute the notebook's code cells (as a kernel would, in order) against the run above."""
     _, result = trained
-    monkeypatch.setenv("SKILL1_RUN", str(result.run_dir))
+    # as Jupyter runs it: from notebooks/, with a path relative to the repository root
+    monkeypatch.chdir(ROOT / "notebooks")
+    monkeypatch.setenv("SKILL1_RUN", os.path.relpath(result.run_dir, ROOT))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = json.loads((ROOT / "notebooks/run_analysis.ipynb").read_text())
     namespace: dict = {}
     for cell in nb["cells"]:
@@ -189,7 +193,8 @@ def test_analysis_notebook_runs_on_the_trained_run(trained, monkeypatch, capsys)
             exec("".join(cell["source"]), namespace)  # noqa: S102 - our own notebook
     assert [row[0] for row in namespace["evolution"]] == ["iter-1", "iter-2"]
     out = capsys.readouterr().out
-    assert "iter-2" in out and "reward" in out
+    assert "iter-2" in out and "reward" in out and "0 held-out evaluations" in out  # this run evaluates none
+    assert "act valid" in out and "distill valid" in out and out.count("valid_rate") == 0  # headed by stage
 
 
 def test_train_and_eval_on_the_webshop_fixture_with_its_conventions(small_model_dir, tmp_path, local_ray):

@@ -47,7 +47,8 @@ def test_evaluating_a_checkpoint_twice_gives_the_same_episodes(small_model_dir, 
     assert first == second
     assert first["settings"] == {"temperature": 1.0, "top_p": 1.0, "seed": 0, "eval_seed": 0, "backend": "hf",
                                  "dtype": cfg.model.dtype,
-                                 "torch_threads": cfg.rollout.torch_threads, "num_samplers": 1}
+                                 "torch_threads": cfg.rollout.torch_threads, "num_samplers": 1,
+                                 "sampler_threads": [cfg.rollout.torch_threads]}
     assert json.loads((cfg.run_dir / "eval.json").read_text()) == second
 
 

@@ -93,6 +93,21 @@ def test_seeded_rows_draw_the_same_tokens_whatever_they_are_batched_with(sampler
     assert other[0].response_ids != alone[0].response_ids  # the seed matters
 
 
+def test_greedy_rows_are_the_same_alone_or_batched_with_much_longer_prompts(sampler):
+    """Held-out evaluation is greedy and its batches form as episodes happen to be ready: a row's tokens must
+    not depend on its batch-mates or on how far it is left-padded. (Its logits may differ in the last float
+    bits, ~1e-7 in float32 here; a greedy token could flip only on a top-two tie that close.)"""
+    p = _prompts(sampler.tokenizer)
+    short = p[0]
+    long_ = [short * 6, p[1] * 4, p[2] * 3]  # several times the width: the short row is mostly padding
+    params = SamplingParams(0.0, 1.0, 16)
+    alone = sampler.generate([short], params, seeds=[7])[0]
+    for mates in ([long_[0]], long_, long_[::-1]):
+        batched = sampler.generate([*mates[:1], short, *mates[1:]], params, seeds=[1, 7, 2, 3][:len(mates) + 1])[1]
+        assert batched.response_ids == alone.response_ids
+        torch.testing.assert_close(torch.tensor(batched.logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0)
+
+
 def test_inverse_cdf_sampling_follows_the_distribution():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     gens = [torch.Generator().manual_seed(i) for i in range(4000)]

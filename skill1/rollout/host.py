@@ -70,5 +70,11 @@ class SamplerHost:
         return self.sampler.version
 
     @ray.method(max_task_retries=-1)
+    def torch_threads(self) -> int:
+        """The threads torch computes with here (float sums depend on it: evaluation reports record it)."""
+        import torch
+
+        return torch.get_num_threads()
+
     def version(self) -> int:
         return self.sampler.version

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from skill1.config import ModelConfig
@@ -88,6 +89,7 @@ def _build(cfg: ModelConfig, path: Path, settings) -> None:
     # debris of crashed builds (we hold the lock: no other build is running) goes first
     for debris in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(debris, ignore_errors=True)
+    started = time.monotonic()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     heads = cfg.hidden_size // cfg.head_dim
@@ -108,6 +110,7 @@ def _build(cfg: ModelConfig, path: Path, settings) -> None:
                                  batch_size=cfg.warm_start_batch, num_tasks=cfg.warm_start_tasks,
                                  dagger_steps=cfg.warm_start_dagger_steps, dagger_tasks=cfg.warm_start_dagger_tasks))
         model.save_pretrained(str(tmp))
+    report["build_s"] = round(time.monotonic() - started, 1)  # tokenizer, demonstrations, init and warm start
     (tmp / MODEL_MARKER).write_text(json.dumps(report, indent=2))  # last: marks the dir as one we built
     if path.exists():
         check_model_dir_replaceable(path)  # still ours (or empty) now that the build is done
