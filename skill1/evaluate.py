@@ -119,7 +119,11 @@ def evaluate(cfg: Skill1Config, checkpoint: str | None = None, library_tag: str 
     trained = latest_checkpoint(run_dir)  # read (as data) before anything starts: a damaged one is one line
     init_ray(cfg)  # before LanceDB is imported: see trainer.train
     library_path, version = run_dir / "library", None
-    if cfg.algorithm.effective().use_library and library_path.exists():
+    uses_library = cfg.algorithm.effective().use_library and library_path.exists()
+    if library_tag is not None and not uses_library:
+        raise LibraryTagError(f"--library-tag: {run_dir} has no skill library to pin (preset "
+                              f"{cfg.algorithm.preset}{'' if cfg.algorithm.effective().use_library else ': no library'})")
+    if uses_library:
         from skill1.library import Encoder, SkillLibrary
 
         encoder = Encoder(cfg.library.encoder)

@@ -139,6 +139,18 @@ def test_eval_with_a_missing_library_tag_is_a_one_line_error(tmp_path, monkeypat
     assert err == "error: --library-tag: no tag 'iter-9'; the library has: iter-1, iter-2, iter-10\n"
 
 
+def test_a_library_tag_for_a_run_without_a_library_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
+    import skill1.evaluate as ev
+
+    run = _run_dir(tmp_path)  # the skill1 preset, but no library written yet
+    monkeypatch.setattr(ev, "init_ray", lambda cfg: None)
+    monkeypatch.setattr(ev, "start_fleet", lambda *a, **k: pytest.fail("started a fleet"))
+    assert main(["eval", "--run", str(run), "--library-tag", "iter-1"]) == 2
+    assert capsys.readouterr().err == f"error: --library-tag: {run} has no skill library to pin (preset skill1)\n"
+    assert main(["eval", "--run", str(run), "--library-tag", "iter-1", "algorithm.preset=grpo"]) == 2
+    assert capsys.readouterr().err.endswith("(preset grpo: no library)\n")
+
+
 def test_eval_without_a_checkpoint_is_a_one_line_error(tmp_path, capsys):
     run = _run_dir(tmp_path, checkpoint=False)
     assert main(["eval", "--run", str(run)]) == 2
