@@ -43,14 +43,17 @@ def _scrape(port: int) -> str:
 
 
 def _stop_head(temp_dir: str) -> None:
-    """Kill the processes of the head started with `temp_dir` (GCS, raylet, dashboard, ...); workers follow."""
-    mine = []
+    """Kill the processes of the head started with `temp_dir` (GCS, raylet, dashboard, ...) and every process
+    under them: the agents retitle themselves (`ray::DashboardAgent`), so matching the command line missed
+    them, and a leaked agent kept its port: the next head's job API answered "No available agent" (402 s)."""
+    mine = {}
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             if any(temp_dir in arg for arg in p.info["cmdline"] or []):
-                mine.append(p)
+                mine.update({q.pid: q for q in (p, *p.children(recursive=True))})
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    mine = list(mine.values())
     for p in mine:
         try:
             p.send_signal(signal.SIGKILL)
@@ -62,13 +65,17 @@ def _stop_head(temp_dir: str) -> None:
 @pytest.fixture
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    dash, metrics, gcs = _free_port(), _free_port(), _free_port()
+    dash, metrics, gcs, agent, agent_grpc, env_agent = (_free_port() for _ in range(6))
     # token auth on, as README and cluster/README.md tell users to start a head
     env = {**token_env(temp_dir), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "RAY_metrics_report_interval_ms": "1000"}
     env.pop("RAY_ADDRESS", None)
     subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--metrics-export-port={metrics}",
+                    # the agents' ports too: their defaults are fixed, and a second head on the machine (another
+                    # test, a user's) would find them taken
+                    f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                    f"--runtime-env-agent-port={env_agent}",
                     "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=180)
     try:
@@ -143,3 +150,52 @@ def test_ray_job_submit_trains_on_a_real_head(ray_head, small_model_dir, tmp_pat
          ray_head["address"]], env=ray_head["env"], capture_output=True, text=True, timeout=120)
     actors = set(names.stdout.split())
     assert {"job:sampler-0", "job:learner-0", "job:rollout-worker", "job:env-pool-0"} <= actors, actors
+
+
+def test_a_tune_search_runs_as_a_ray_job_each_trial_in_its_own_run_dir(ray_head, small_model_dir, tmp_path):
+    """`pipelines/tune.py` submitted unchanged (cluster/submit.sh, SKILL1_ENTRYPOINT): 2 trials x 2 iterations
+    with different `lr` complete, each with its own run dir (config, metrics, library), checkpoint and wandb run."""
+    import json
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from skill1.config import load_config
+
+    sid = f"skill1-tune-{uuid.uuid4().hex[:8]}"
+    env = {**ray_head["env"], "RAY_ADDRESS": ray_head["address"], "SKILL1_ENTRYPOINT": "pipelines/tune.py",
+           "SKILL1_SUBMIT_FLAGS": f"--no-wait --submission-id {sid}"}
+    args = ["--samples", "1", "--eval-every", "1", "--storage", str(tmp_path / "tune"), "--name", "search",
+            "--search", "learner.lr=grid:0.001,0.0001", "--config", "pipelines/configs/quickstart.yaml",
+            f"output_dir={tmp_path}", f"model.path={small_model_dir}", "rollout.backend=scripted",
+            "learner.backend=torch", "algorithm.iterations=2", "algorithm.tasks_per_iteration=2",
+            "algorithm.group_size=2", "env.max_steps=3", "env.eval_tasks=2", "logging.progress=false",
+            "rollout.constrain_actions=false"]
+    for _ in range(30):  # a fresh head answers "No available agent" for a few seconds
+        out = subprocess.run(["bash", "cluster/submit.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+        if "No available agent" not in out.stderr + out.stdout:
+            break
+        time.sleep(2)
+    assert out.returncode == 0, out.stdout + out.stderr
+    client = JobSubmissionClient(ray_head["address"], headers=bearer(ray_head["env"]))
+    deadline = time.monotonic() + 600
+    while not (status := client.get_job_status(sid)).is_terminal():
+        assert time.monotonic() < deadline, client.get_job_logs(sid)[-3000:]
+        time.sleep(2)
+    logs = client.get_job_logs(sid)
+    assert status == JobStatus.SUCCEEDED and "best trial:" in logs, logs[-3000:]
+    trials = sorted((tmp_path / "tune" / "search").glob("Skill1_*"))
+    assert len(trials) == 2
+    lrs = set()
+    for trial in trials:
+        [run] = trial.glob("run-*/")  # the trial's own run dir
+        lrs.add(load_config(run / "config.yaml", []).learner.lr)
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in lines if "rollout/reward" in m] == [1, 2]
+        assert [m["step"] for m in lines if "eval/success" in m] == [1, 2]  # ASHA's metric, every iteration
+        assert (run / "library").is_dir() and list((run / "wandb").glob("offline-run-*"))
+        [ckpt] = trial.glob("checkpoint_*")
+        pointer = json.loads((ckpt / "skill1_checkpoint.json").read_text())
+        assert Path(pointer["run_dir"]) == run.resolve() and Path(pointer["checkpoint"], "state.json").is_file()
+    assert lrs == {0.001, 0.0001}
+

@@ -122,29 +122,6 @@ def test_build_train_save_stop_restore_continues_where_it_left_off(small_model_d
     assert not _our_actors("rl")
 
 
-@pytest.mark.slow
-def test_a_tune_search_over_lr_runs_each_trial_in_its_own_run_dir(small_model_dir, tmp_path):
-    from ray import tune
-
-    from skill1.rllib import Skill1
-
-    space = _config(small_model_dir, tmp_path, "tuned", "rollout.mode=sync").training(
-        lr=tune.grid_search([1e-3, 1e-4]))
-    results = tune.Tuner(Skill1, param_space=space, run_config=tune.RunConfig(
-        name="search", storage_path=str(tmp_path / "tune"), stop={"training_iteration": 2}, verbose=0,
-        checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True))).fit()
-    assert len(results) == 2 and not results.errors
-    runs = set()
-    for res in results:
-        assert res.metrics["training_iteration"] == 2 and res.checkpoint is not None
-        assert res.metrics["skill1"]["learner/version"] == 2.0
-        [run] = Path(res.path).glob("run-*")  # a trial's run dir: its config, metrics, library and checkpoints
-        assert load_config(run / "config.yaml", []).learner.lr == res.config["lr"]
-        assert (run / "metrics.jsonl").read_text().count("\n") == 2 and (run / "library").is_dir()
-        runs.add(run)
-    assert len(runs) == 2
-
-
 def test_a_trial_asks_for_one_bundle_per_actor_and_places_each_by_index():
     """Left to Ray inside the trial's group, the 0.25-CPU actors took parts of the learner's bundle and the
     learner found no bundle with room: the trial hung."""
