@@ -48,3 +48,21 @@ def test_ray_and_wandb_info_lines_are_kept_out_unless_verbose():
              "a._warn_token_auth_enabled(); a._warn_token_auth_disabled()")
     err = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stderr
     assert "Token authentication is disabled" in err and "Token authentication is enabled" not in err
+
+
+def test_help_says_what_each_command_does_and_its_defaults(capsys):
+    import pytest
+
+    from skill1.cli import main
+    from skill1.config import Skill1Config
+
+    defaults = Skill1Config()
+    for argv, wanted in ((["--help"], ["skill1 train --config pipelines/configs/quickstart.yaml", "--verbose"]),
+                         (["train", "--help"], ["A run writes runs/<name>/"]),
+                         (["eval", "--help"], ["Greedy and seeded per episode", f"default {defaults.env.eval_tasks}"]),
+                         (["model", "init-tiny", "--help"], [defaults.model.path, str(defaults.model.warm_start_steps), "--force"])):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert all(w in out for w in wanted), (argv, out)
+        assert "one function per command" not in out  # the module's notes for developers are not the help
