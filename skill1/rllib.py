@@ -18,8 +18,10 @@ What of RLlib is used, and what is replaced (and why):
             `training_step` (one iteration of `skill1.loop`'s schedules), `evaluate` (our held-out tasks),
             `get_state`/`set_state`/`restore_from_path` (our checkpoint), `default_resource_request` (bundles
             for our actors), `cleanup` (our actors and the run lock).
-Our YAML tree (`skill1.config`) stays the single source of truth: every builder call writes into it, and
-`validate` checks it with the same code as the CLI (one line naming the key).
+Our YAML tree (`skill1.config`) stays the single source of truth: builder calls write our keys into it, except
+RLlib's own fields that mean one of our keys (`RLLIB_FIELDS`: lr, env, num_env_runners, ...), held once in
+RLlib's field and read into the tree by `typed()`; `validate` checks it with the same code as the CLI (one
+line naming the key).
 """
 
 from __future__ import annotations

@@ -201,12 +201,21 @@ def start_env_pools(cfg: Skill1Config, placed: list[dict] | None = None) -> list
     """`env.num_pools` pool actors; SPREAD puts them on as many nodes as the cluster has (scale-out by config).
     `placed`: each pool's scheduling options instead (its bundle of a hosted placement group)."""
     e = cfg.env
+    need = _pool_resources(cfg)
     # no max_task_retries: a call to a dead pool fails fast and the worker re-queues its episodes
-    pool_opts = {"num_cpus": e.num_cpus_per_pool, "max_restarts": e.max_pool_restarts,
-                 "scheduling_strategy": e.pool_scheduling, "resources": dict(e.pool_resources),
-                 **({"memory": e.memory_per_pool_mb * 2**20} if e.memory_per_pool_mb else {})}
-    return [ray.remote(EnvPool).options(name=f"{cfg.name}:env-pool-{i}", **{**pool_opts, **(placed or [{}] * e.num_pools)[i]})
+    memory = {"memory": need.pop("memory")} if "memory" in need else {}
+    pool_opts = {"num_cpus": need.pop("CPU"), "max_restarts": e.max_pool_restarts,
+                 "scheduling_strategy": e.pool_scheduling, "resources": need, **memory}
+    placed = placed or [{}] * e.num_pools
+    return [ray.remote(EnvPool).options(name=f"{cfg.name}:env-pool-{i}", **{**pool_opts, **placed[i]})
             .remote(e.name, e.max_steps, e.env_options()) for i in range(e.num_pools)]
+
+
+def _pool_resources(cfg: Skill1Config) -> dict:
+    """What one env pool asks Ray for, as a bundle: CPU, its custom resources, memory (bytes) when set."""
+    e = cfg.env
+    return {"CPU": e.num_cpus_per_pool, **e.pool_resources,
+            **({"memory": e.memory_per_pool_mb * 2**20} if e.memory_per_pool_mb else {})}
 
 
 HOST_CPUS = 0.25  # the process that drives the fleet (`skill1 train`'s driver, a Tune trial's actor): it waits on Ray
@@ -230,8 +239,7 @@ def hosted_bundles(cfg: Skill1Config, with_learner: bool = True) -> tuple[list[d
     to Ray, small actors fragment the bundles and a learner rank finds no bundle with room (a trial hung)."""
     fleet, learner_at, sampler_at = plan_placement(cfg, with_learner)
     e = cfg.env
-    pool = {"CPU": e.num_cpus_per_pool, **e.pool_resources,
-            **({"memory": e.memory_per_pool_mb * 2**20} if e.memory_per_pool_mb else {})}
+    pool = _pool_resources(cfg)
     head = [{"CPU": HOST_CPUS}, {"CPU": WORKER_CPUS}]
     bundles = head + fleet + [{k: v for k, v in pool.items() if v > 0} or {"CPU": 0.001}] * e.num_pools
     first_pool = len(head) + len(fleet)
