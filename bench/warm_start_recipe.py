@@ -6,7 +6,9 @@
         env.history_length=1      # exits 1 unless every stage is >= 95% valid under constrained acting
 
 Prints the build time, the provenance (tokenizer, parameters, SFT losses) and, greedy on held-out tasks
-(half of them with library-like candidates): each stage's valid rate and the success rate. The README's
+(half of them with library-like candidates): each stage's valid rate and the success rate; and, on the
+searcher's own demonstrations of those tasks, how often the policy's greedy action is the searcher's, per
+acting decision (`imitation/take`, ...). The README's
 "tiny policy" figures come from this script.
 """
 
@@ -41,7 +43,8 @@ def main() -> None:
 
     from skill1.config import load_config
     from skill1.settings import episode_settings
-    from skill1.tiny_policy.competence import measure
+    from skill1.rollout.sampler import HFSampler
+    from skill1.tiny_policy.competence import decision_accuracy, measure
     from skill1.tiny_policy.provision import ensure_policy
 
     torch.set_num_threads(args.threads)
@@ -56,6 +59,8 @@ def main() -> None:
             result = measure(args.out, dataclasses.replace(settings, constrain_actions=constrain), args.tasks)
             print(json.dumps({"constrain_actions": constrain, "env.max_steps": settings.max_steps,
                               "held_out": {k: round(v, 3) for k, v in result.items()}}))
+        imitation = decision_accuracy(HFSampler(args.out, device="cpu"), settings, args.tasks)
+        print(json.dumps({k: round(v, 3) for k, v in imitation.items()}))
         if args.check:
             below = {k: v for k, v in result.items() if k.endswith("/valid_rate") and v < args.bar}
             print(f"format competence (constrained), bar {args.bar}: " +
@@ -70,6 +75,7 @@ def main() -> None:
     provenance = json.loads((Path(args.out) / "skill1_provenance.json").read_text())
     t1 = time.perf_counter()
     result = measure(args.out, settings, num_tasks=args.tasks)
+    result.update(decision_accuracy(HFSampler(args.out, device="cpu"), settings, args.tasks))
     print(json.dumps({"build_s": round(built, 1), "measure_s": round(time.perf_counter() - t1, 1),
                       "provenance": provenance, "held_out": result}, indent=2))
 

@@ -5,12 +5,14 @@ re-rank stage and skill-following are exercised too."""
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.rollout.local import run_local
 from skill1.rollout.sampler import HFSampler
-from skill1.tiny_policy.warm_start import demo_candidates
+from skill1.rollout.protocol import SamplingParams
+from skill1.tiny_policy.warm_start import decision, demo_candidates, demonstrations
 from skill1.types import Episode, EpisodeSettings, Stage
 
 
@@ -42,3 +44,30 @@ def measure(model_dir: str, settings: EpisodeSettings, num_tasks: int = 60, seed
     episodes = run_local(tasks, sampler.tokenizer, sampler, settings, lambda: HouseholdEnv(settings.max_steps),
                          retrieve=lambda task, query: offered[task.task_id])
     return competence(episodes)
+
+
+def decision_accuracy(sampler, settings: EpisodeSettings, num_tasks: int = 60, seed: int = 0,
+                      batch_size: int = 64) -> dict[str, float]:
+    """How well the policy imitates its teacher, per acting decision: on the searcher's own demonstrations of
+    held-out tasks (no library, no injected mistakes, so every prompt is one the searcher reached), the share of
+    prompts where the policy's greedy action is the searcher's. Success on its own rollouts mixes this with
+    compounding errors; this says which decision a recipe has not taught (e.g. `take`: reading whether the
+    object sought is in view)."""
+    tasks = HouseholdTaskSource().sample("eval", num_tasks, seed=seed)
+    demos = [d for d in demonstrations(tasks, sampler.tokenizer, settings, seed, with_library=0.0, explore=0.0,
+                                       mistakes=0.0) if d.stage is Stage.ACT]
+    hits: dict[str, list[float]] = defaultdict(list)
+    params = SamplingParams(0.0, 1.0, settings.max_new_tokens[Stage.ACT])
+    for i in range(0, len(demos), batch_size):
+        batch = demos[i:i + batch_size]
+        for d, out in zip(batch, sampler.generate([d.prompt_ids for d in batch], params)):
+            want = sampler.tokenizer.decode(d.response_ids, skip_special_tokens=True)
+            hits[decision(want)].append(float(_action(out.text) == _action(want)))
+    out = {f"imitation/{k}": sum(v) / len(v) for k, v in sorted(hits.items())}
+    out["imitation/all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
+    return out
+
+
+def _action(text: str) -> str | None:
+    m = re.search(r"<action>(.*?)</action>", text)
+    return m.group(1).strip() if m else None

@@ -4,7 +4,7 @@ The expert in `household.py` plans with the hidden world in view, so a policy th
 guess locations it cannot see. The searcher acts only on what it has seen: it visits receptacles in the
 order they are listed in the room (alphabetical), opening closed ones, until the goal object shows up, then
 carries out the family's procedure (`explore`, the env's walk to the next receptacle not searched yet,
-where that is the next stop). Given a piece of advice ("look for the egg in the fridge first", the
+where that is the search's next stop; a destination is always named: `go to countertop 1`). Given a piece of advice ("look for the egg in the fridge first", the
 kind of thing a written skill carries), it searches receptacles of the advised kind first.
 
 Searching in listed order wastes steps that knowledge of where object kinds tend to live (world.PRIORS)
@@ -48,14 +48,16 @@ def search_actions(task: Task, first_kind: str | None = None, limit: int = 50) -
     seen: dict[str, str] = {}  # goal object -> receptacle it was seen in
     found_kind: str | None = None
 
-    def go(rec: str) -> None:
+    def go(rec: str, searching: bool = False) -> None:
         nonlocal at
         if at != rec:
-            # the env's `explore` walks to the first receptacle not searched yet: use it when that is where to go
+            # the env's `explore` walks to the first receptacle not searched yet: a search uses it when that is
+            # the next stop; a destination (the object seen, the target) is always named, so that `explore`
+            # means "look further" and never "the target happens to be next" (a policy cannot see that order)
             nxt = next((r for r in world.receptacles if r not in searched and r != at), None)
             # advice is followed by name, so that a policy learns to read the kind off the skill
             advised = first_kind is not None and world.receptacles[rec].kind == first_kind
-            acts.append("explore" if rec == nxt and not advised else f"go to {rec}")
+            acts.append("explore" if searching and rec == nxt and not advised else f"go to {rec}")
             at = rec
             searched.add(rec)
         if world.receptacles[rec].openable and rec not in opened:
@@ -77,7 +79,7 @@ def search_actions(task: Task, first_kind: str | None = None, limit: int = 50) -
             nxt = next(order, None)
             if nxt is None:
                 break  # searched everything (cannot happen in a generated world: the goal is somewhere)
-            go(nxt)
+            go(nxt, searching=True)
             look_here()
             continue
         obj = todo[0]
