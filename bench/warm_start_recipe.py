@@ -42,8 +42,8 @@ def main() -> None:
     import torch
 
     from skill1.config import load_config
-    from skill1.settings import episode_settings
     from skill1.rollout.sampler import HFSampler
+    from skill1.settings import episode_settings
     from skill1.tiny_policy.competence import decision_accuracy, measure
     from skill1.tiny_policy.provision import ensure_policy
 

@@ -10,8 +10,8 @@ from collections import defaultdict
 
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.rollout.local import run_local
-from skill1.rollout.sampler import HFSampler
 from skill1.rollout.protocol import SamplingParams
+from skill1.rollout.sampler import HFSampler
 from skill1.tiny_policy.warm_start import decision, demo_candidates, demonstrations
 from skill1.types import Episode, EpisodeSettings, Stage
 
