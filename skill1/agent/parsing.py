@@ -74,11 +74,17 @@ def parse_action(text: str, admissible: Sequence[str]) -> tuple[str | None, str 
     return None, "inadmissible"
 
 
+def first_action(text: str) -> str | None:
+    """The first `<action>` content of an output, stripped, or None: what it tried, valid or not."""
+    found = _tagged(text, "action")
+    return found[0].strip() if found else None
+
+
 def attempted_action(text: str, max_chars: int = 60) -> str:
     """What an invalid acting output tried to do, for the history: the first `<action>` content, else the text
     (one line, at most `max_chars`, no tags), else "nothing"."""
-    found = _tagged(text, "action")
-    raw = found[0] if found else re.sub(r"</?\w+>", " ", text)
+    found = first_action(text)
+    raw = found if found is not None else re.sub(r"</?\w+>", " ", text)
     raw = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", raw).split())[:max_chars]  # no control characters
     return raw or "nothing"
 

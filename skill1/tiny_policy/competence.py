@@ -5,9 +5,9 @@ re-rank stage and skill-following are exercised too."""
 from __future__ import annotations
 
 import random
-import re
 from collections import defaultdict
 
+from skill1.agent.parsing import first_action
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.rollout.local import run_local
 from skill1.rollout.protocol import SamplingParams
@@ -62,12 +62,7 @@ def decision_accuracy(sampler, settings: EpisodeSettings, num_tasks: int = 60, s
         batch = demos[i:i + batch_size]
         for d, out in zip(batch, sampler.generate([d.prompt_ids for d in batch], params)):
             want = sampler.tokenizer.decode(d.response_ids, skip_special_tokens=True)
-            hits[decision(want)].append(float(_action(out.text) == _action(want)))
+            hits[decision(want)].append(float(first_action(out.text) == first_action(want)))
     out = {f"imitation/{k}": sum(v) / len(v) for k, v in sorted(hits.items())}
     out["imitation/all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
     return out
-
-
-def _action(text: str) -> str | None:
-    m = re.search(r"<action>(.*?)</action>", text)
-    return m.group(1).strip() if m else None

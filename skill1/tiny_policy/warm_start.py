@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from skill1.agent.episode import Generate, run_episode
-from skill1.agent.parsing import parse_action
+from skill1.agent.parsing import first_action, parse_action
 from skill1.envs.builtin import HouseholdEnv, HouseholdTaskSource
 from skill1.envs.builtin.searcher import search_actions
 from skill1.envs.builtin.world import APPLIANCE, DESKLAMP, PRIORS, SPECS, VERB, generate_world
@@ -64,7 +64,7 @@ STAGE_WEIGHTS = {Stage.QUERY: 0.12, Stage.RERANK: 0.1, Stage.ACT: 0.58, Stage.DI
 # The acting decisions, drawn in proportion to the square root of their counts. Searcher demos are ~35%
 # `explore` and ~23% `open` (easy: the next stop, a closed door) against ~11% `take` and ~3% `move`, the steps
 # that read the task and the observation: drawn as they come, a tiny policy learns to explore past the object
-# it was sent for; drawn evenly, to take what is not there.
+# it was sent for; drawn evenly, it imitated `explore` less well (0.71 against 0.86) and succeeded no more.
 DECISIONS = ("explore", "open", "go", "take", "move", "use")  # "use" stands for every appliance verb
 # A demo episode may generate this many times max_steps acting outputs: its invalid ones (injected mistakes,
 # the policy's own in DAgger) use up the episode's steps but never the env's, which ends the episode after
@@ -288,8 +288,7 @@ def warm_start(model: torch.nn.Module, tokenizer, settings: EpisodeSettings, ste
 
 def decision(response: str) -> str:
     """The acting decision a demo response teaches (one of DECISIONS)."""
-    m = re.search(r"<action>(\w+)", response)
-    verb = m.group(1) if m else "use"
+    verb = (first_action(response) or "use").split(" ", 1)[0]
     return verb if verb in DECISIONS else "use"
 
 

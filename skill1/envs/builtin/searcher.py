@@ -4,8 +4,9 @@ The expert in `household.py` plans with the hidden world in view, so a policy th
 guess locations it cannot see. The searcher acts only on what it has seen: it visits receptacles in the
 order they are listed in the room (alphabetical), opening closed ones, until the goal object shows up, then
 carries out the family's procedure (`explore`, the env's walk to the next receptacle not searched yet,
-where that is the search's next stop; a destination is always named: `go to countertop 1`). Given a piece of advice ("look for the egg in the fridge first", the
-kind of thing a written skill carries), it searches receptacles of the advised kind first.
+where that is the search's next stop; a destination is always named: `go to countertop 1`). Given a piece of
+advice ("look for the egg in the fridge first", the kind of thing a written skill carries), it searches
+receptacles of the advised kind first.
 
 Searching in listed order wastes steps that knowledge of where object kinds tend to live (world.PRIORS)
 would save: that gap is what reinforcement learning and the skill library can close; imitating the
